@@ -1,0 +1,260 @@
+"""The scikit-learn estimator over a tagged backbone, shared by regressors and classifiers."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Mapping
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from chemtag.domains import get_domain
+from chemtag.estimators._inputs import as_frame, read_fields
+from chemtag.model import TaggedModel
+from chemtag.tags import DEFAULT_TAG_LENGTH, Tag
+from chemtag.templates import Template, TemplateEncoder
+from chemtag.training import TrainingConfig, predict, train
+from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
+
+logger = logging.getLogger(__name__)
+
+
+class TagLLMEstimator(BaseEstimator):
+    """Base of chemtag's estimators: input columns -> domains -> a tagged prompt -> a head.
+
+    Subclasses set ``_classification`` and implement ``_head_size``, ``_encode_targets`` and
+    ``_loss``. Parameters are documented on :class:`~chemtag.TagLLMRegressor`.
+    """
+
+    _classification = False
+
+    def __init__(
+        self,
+        domains: Mapping[str, str] | None = None,
+        function_tag: str = "Output",
+        template: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        *,
+        backbone: str = DEFAULT_BACKBONE,
+        tag_length: int = DEFAULT_TAG_LENGTH,
+        tune_domain_tags: bool = False,
+        isolate_segments: bool = False,
+        max_epochs: int = 20,
+        batch_size: int = 16,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        validation_fraction: float = 0.1,
+        patience: int = 5,
+        max_length: int | None = None,
+        on_invalid: str = "raise",
+        protein_alphabet: str = "standard",
+        bf16: bool = False,
+        device: str = "cpu",
+        random_state: int | None = 0,
+        warm_start: bool = False,
+        verbose: int = 1,
+    ):
+        self.domains = domains
+        self.function_tag = function_tag
+        self.template = template
+        self.columns = columns
+        self.backbone = backbone
+        self.tag_length = tag_length
+        self.tune_domain_tags = tune_domain_tags
+        self.isolate_segments = isolate_segments
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.max_length = max_length
+        self.on_invalid = on_invalid
+        self.protein_alphabet = protein_alphabet
+        self.bf16 = bf16
+        self.device = device
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- sklearn protocol
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_model", None)  # holds the shared backbone; rebuilt from tags_ and head_ on demand
+        return state
+
+    # ----------------------------------------------------------------- fit / predict
+    def fit(self, X, y):
+        """Train the function tag (and head) on ``X`` (rows of inputs) and targets ``y``; returns self."""
+        self._check_params()
+        frame = as_frame(X, self._declared_fields())
+        fields = self._fields(frame)
+        values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet,
+                                      "nan" if self.on_invalid == "nan" else "raise")
+        targets = self._encode_targets(y, len(frame))
+        if invalid.any():
+            warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=2)
+            keep = np.flatnonzero(~invalid)
+            values = {field: [v[i] for i in keep] for field, v in values.items()}
+            targets = targets[keep]
+        warm = self.warm_start and hasattr(self, "tags_")
+        if not warm:
+            self._record_input_shape(X, frame)
+            self.fields_ = dict(fields)
+            self.template_ = self.template or self._default_template(fields)
+        backbone = self._backbone()
+        template = Template.parse(self.template_)
+        self._check_template(template)
+        model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template)
+        prompts = self._encoder(template, model).encode(values)
+        self._check_lengths(prompts.lengths, backbone)
+        config = TrainingConfig(
+            max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            validation_fraction=self.validation_fraction if len(targets) > 1 else 0.0,
+            patience=self.patience, bf16=self.bf16, verbose=self.verbose, random_state=self.random_state,
+        )
+        self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
+                              history=self.history_ if warm else None)
+        self._store_fitted(model, backbone)
+        return self
+
+    def _predict_outputs(self, X) -> np.ndarray:
+        """Head outputs ``(n, k)`` for ``X``; rows with invalid input (``on_invalid="nan"``) are NaN."""
+        check_is_fitted(self, "tags_")
+        frame = as_frame(X, list(self.fields_))
+        self._check_columns_at_predict(X, frame)
+        values, invalid = read_fields(frame, self.fields_, self._columns(frame), self.protein_alphabet, self.on_invalid)
+        backbone = self._backbone()
+        model = self._model_from_fitted(backbone)
+        outputs = np.full((len(frame), self._head_size()), np.nan)
+        keep = np.flatnonzero(~invalid)
+        if len(keep):
+            prompts = self._encoder(Template.parse(self.template_), model).encode(
+                {field: [v[i] for i in keep] for field, v in values.items()}
+            )
+            self._check_lengths(prompts.lengths, backbone)
+            outputs[keep] = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1).numpy()
+        return outputs
+
+    # ----------------------------------------------------------------- pieces
+    def _check_params(self) -> None:
+        if self.on_invalid not in ON_INVALID:
+            raise ValueError(f"on_invalid must be one of {ON_INVALID}, got {self.on_invalid!r}.")
+        if self.protein_alphabet not in PROTEIN_ALPHABETS:
+            raise ValueError(f"protein_alphabet must be one of {sorted(PROTEIN_ALPHABETS)}, got {self.protein_alphabet!r}.")
+        for name in ("tag_length", "max_epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+
+    def _declared_fields(self) -> list[str] | None:
+        """Field names in order when the user declared them (used to name array columns)."""
+        if self.domains:
+            return list(self.domains)
+        if self.template:
+            return list(Template.parse(self.template).fields)
+        return None
+
+    def _fields(self, frame) -> dict[str, str]:
+        """Template field -> domain name. Undeclared columns are plain text (all of them without ``domains``)."""
+        if self.domains:
+            fields = dict(self.domains)
+        else:
+            fields = {column: "Text" for column in frame.columns}
+        for domain in fields.values():
+            get_domain(domain)  # unknown domains fail here, before any compute
+        if self.template:
+            template_fields = Template.parse(self.template).fields
+            fields = {field: fields.get(field, "Text") for field in template_fields}
+        return fields
+
+    def _columns(self, frame) -> Mapping[str, str] | None:
+        return self.columns
+
+    def _default_template(self, fields: Mapping[str, str]) -> str:
+        parts = []
+        for field, domain_name in fields.items():
+            tag = get_domain(domain_name).tag
+            if not field.isidentifier():
+                raise ValueError(f"Column {field!r} cannot be a template field; rename it to a Python identifier.")
+            parts.append(f"{field}: <{tag}> {{{field}}}." if tag else f"{field}: {{{field}}}.")
+        return "Input: " + " ".join(parts) + f" Output: <{self.function_tag}>"
+
+    def _check_template(self, template: Template) -> None:
+        for field, tag in template.domain_tags.items():
+            domain = self.fields_.get(field)
+            expected = get_domain(domain).tag if domain else None
+            if expected and expected != tag:
+                raise ValueError(f"Field {field!r} holds {domain} input but the template puts <{tag}> before it.")
+
+    def _record_input_shape(self, X, frame) -> None:
+        self.n_features_in_ = frame.shape[1]
+        if hasattr(X, "columns") and all(isinstance(c, str) for c in X.columns):
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    def _check_columns_at_predict(self, X, frame) -> None:
+        if not hasattr(X, "columns") and frame.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {frame.shape[1]} columns, but this estimator was fitted with {self.n_features_in_}.")
+
+    def _backbone(self) -> Backbone:
+        return load_backbone(self.backbone, device=self.device)
+
+    @staticmethod
+    def _encoder(template: Template, model: TaggedModel) -> TemplateEncoder:
+        return TemplateEncoder(template, model.backbone.tokenizer, model.tag_names, model.tag_length)
+
+    def _check_lengths(self, lengths: np.ndarray, backbone: Backbone) -> None:
+        limit = self.max_length or backbone.max_length
+        if limit is None:
+            return
+        too_long = np.flatnonzero(lengths > limit)
+        if len(too_long):
+            shown = ", ".join(f"{i} ({lengths[i]} tokens)" for i in too_long[:5])
+            raise ValueError(
+                f"{len(too_long)} prompts are longer than the limit of {limit} tokens: rows {shown}. "
+                f"Shorten these inputs or raise max_length (the backbone allows {backbone.max_length})."
+            )
+
+    def _new_model(self, backbone: Backbone, template: Template) -> TaggedModel:
+        domain_tags = [name for name in template.tag_names if name != template.function_tag]
+        tags = [Tag.initialise(name, "domain", backbone, self.tag_length) for name in domain_tags]
+        tags.append(Tag.initialise(template.function_tag, "function", backbone, self.tag_length))
+        trainable = [template.function_tag] + (domain_tags if self.tune_domain_tags else [])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if self.random_state is None else self.random_state)
+            head = nn.Linear(backbone.hidden_size, self._head_size())
+        return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments)
+
+    def _model_from_fitted(self, backbone: Backbone) -> TaggedModel:
+        model = getattr(self, "_model", None)
+        if model is None or model.backbone is not backbone:
+            head = nn.Linear(backbone.hidden_size, self._head_size())
+            head.load_state_dict(self.head_)
+            trainable = [n for n, t in self.tags_.items() if t.kind == "function" or self.tune_domain_tags]
+            model = TaggedModel(backbone, list(self.tags_.values()), head.to(backbone.device), trainable,
+                                self.isolate_segments)
+            self._model = model
+        return model
+
+    def _store_fitted(self, model: TaggedModel, backbone: Backbone) -> None:
+        self.tags_ = model.export_tags()
+        self.head_ = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+        self.backbone_fingerprint_ = backbone.fingerprint
+        self._model = model

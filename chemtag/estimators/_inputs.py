@@ -1,0 +1,85 @@
+"""Turning user input (DataFrames, Series, lists, 2-D arrays of strings) into validated field values."""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from chemtag.domains import get_domain
+from chemtag.validation import InvalidInputError, report_invalid
+
+logger = logging.getLogger(__name__)
+
+
+def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
+    """``X`` as a DataFrame with string column names.
+
+    DataFrames keep their columns; a Series or 1-D sequence becomes one column; a 2-D array's columns
+    are named after ``fields`` in order when their count matches, else ``x0, x1, ...``.
+    """
+    if isinstance(X, pd.DataFrame):
+        frame = X
+    elif isinstance(X, pd.Series):
+        frame = X.to_frame(name=X.name if isinstance(X.name, str) else (fields[0] if fields and len(fields) == 1 else "x0"))
+    else:
+        if isinstance(X, str):
+            raise TypeError("X must be a table of rows (DataFrame, 2-D array or list of strings), not a single string.")
+        try:
+            array = np.asarray(X, dtype=object)
+        except ValueError as error:
+            raise TypeError(f"X could not be read as a table: {error}") from None
+        if array.ndim == 1:
+            array = array[:, None]
+        if array.ndim != 2:
+            raise ValueError(f"X must be 1-D or 2-D, got an array of shape {array.shape}.")
+        names = list(fields) if fields and len(fields) == array.shape[1] else [f"x{i}" for i in range(array.shape[1])]
+        frame = pd.DataFrame(array, columns=names)
+    if frame.shape[0] == 0:
+        raise ValueError("X has no rows: at least one row is required.")
+    if frame.shape[1] == 0:
+        raise ValueError("X has no columns.")
+    frame.columns = [str(c) for c in frame.columns]
+    if frame.columns.duplicated().any():
+        duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
+        raise ValueError(f"X has duplicated column names {duplicated}.")
+    return frame
+
+
+def read_fields(frame: pd.DataFrame, fields: Mapping[str, str], columns: Mapping[str, str] | None,
+                protein_alphabet: str, on_invalid: str) -> tuple[dict[str, list[str]], np.ndarray]:
+    """Normalised text for each field, and the ``(n,)`` mask of rows with an invalid value.
+
+    ``fields`` maps template field -> domain name; ``columns`` optionally maps a field to the user's
+    column name (by default the field's own name). With ``on_invalid="raise"`` invalid rows raise
+    :class:`InvalidInputError` naming them; with ``"nan"`` they are only masked (and logged).
+    """
+    columns = dict(columns or {})
+    unknown = set(columns) - set(fields)
+    if unknown:
+        raise ValueError(f"columns names unknown fields {sorted(unknown)}; the fields are {list(fields)}.")
+    values, messages = {}, []
+    invalid = np.zeros(len(frame), dtype=bool)
+    for field, domain_name in fields.items():
+        column = columns.get(field, field)
+        if column not in frame.columns:
+            hint = f" Pass columns={{{field!r}: '<your column>'}} to use another column." if column == field else ""
+            raise ValueError(
+                f"X has no column {column!r} (needed for {domain_name} input); its columns are {list(frame.columns)}.{hint}"
+            )
+        domain = get_domain(domain_name, protein_alphabet)
+        raw = frame[column].tolist()
+        normalised = [domain.normalise(value) for value in raw]
+        bad = [i for i, value in enumerate(normalised) if value is None]
+        if bad:
+            kind = domain_name if domain.tag else "values"
+            messages.append(report_invalid(kind, column, [raw[i] for i in bad], bad, len(raw), domain.hint))
+            invalid[bad] = True
+        values[field] = [value or "" for value in normalised]
+    if messages and on_invalid == "raise":
+        raise InvalidInputError(" ".join(messages), np.flatnonzero(invalid).tolist())
+    if messages:
+        logger.warning("%d of %d rows have invalid input; their predictions are NaN.", invalid.sum(), len(frame))
+    return values, invalid

@@ -1,0 +1,130 @@
+"""The generic estimators: map columns to domains, name a function tag, fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin, RegressorMixin
+from torch.nn import functional
+
+from chemtag.estimators._base import TagLLMEstimator
+from chemtag.validation import validated_targets
+
+
+class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
+    """Regression with a frozen LLM conditioned by tags (Tag-LLM).
+
+    Each row of ``X`` is written into a prompt: every input column stands after its domain tag,
+    and the function tag ends the prompt. The final hidden state at the function tag feeds a
+    linear head. Only the function tag and the head are trained (domain tags too with
+    ``tune_domain_tags=True``). Targets are standardised internally.
+
+    Parameters
+    ----------
+    domains : dict, optional
+        Input column -> domain: ``"SMILES"``, ``"Protein"`` or ``"Text"`` (written as is, no tag).
+        By default every column is text.
+    function_tag : str
+        Name of the task's function tag, e.g. ``"BA"`` writes ``<BA>`` at the end of the prompt.
+    template : str, optional
+        The prompt, e.g. ``"Input: The SMILES is <SMILES> {Drug}. Output: The QED is <QED>"``.
+        Fields in braces name columns; by default one ``"column: <Domain> {column}."`` per column.
+    columns : dict, optional
+        Template field -> the column of ``X`` that holds it, when the names differ.
+    backbone : str
+        A Hugging Face Hub id or local folder, or ``"smollm2-135m"`` (the bundled default).
+        Loaded once per process and shared.
+    tag_length : int
+        Vectors per tag, ``p``.
+    tune_domain_tags : bool
+        Also train the domain tags (by default they stay frozen).
+    isolate_segments : bool
+        Each ``<Domain> value`` segment attends only to itself, as in Tag-LLM's regression setting.
+    max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head).
+    validation_fraction : float
+        Share of rows held out for early stopping (0 to train on all rows for ``max_epochs``).
+    patience : int
+        Epochs without validation improvement before stopping; the best epoch's weights are restored.
+    max_length : int, optional
+        Longest prompt in tokens; longer rows are refused with their positions. Default: the backbone's limit.
+    on_invalid : {"raise", "nan"}
+        Invalid SMILES or protein rows raise a ``ValueError`` naming them, or predict NaN
+        (and are dropped from training with a warning).
+    protein_alphabet : {"standard", "extended"}
+        The 20 standard amino-acid letters, or also the IUPAC extras ``BZJUOX``.
+    bf16 : bool
+        Run the backbone under bfloat16 autocast (faster on recent CPUs and GPUs); tags stay float32.
+    device : str
+        Where the backbone runs, e.g. ``"cpu"`` or ``"cuda"``.
+    random_state : int or None
+        Seeds the head, the validation split and batch order: the same seed gives the same fit.
+    warm_start : bool
+        Continue from the fitted tags and head instead of starting afresh.
+    verbose : int
+        0 silent, 1 a progress bar per epoch and a line of losses, 2 also for prediction.
+
+    Attributes
+    ----------
+    tags_ : dict of :class:`~chemtag.tags.Tag` -- the tags as trained, ``(p, d)`` each.
+    head_ : dict of tensors -- the linear head's weights.
+    history_ : list of dict -- per epoch: ``train_loss``, ``valid_loss``, ``best``, ``seconds``.
+    template_ : str -- the prompt used.
+    fields_ : dict -- template field -> domain.
+    n_features_in_, feature_names_in_ : the columns seen in ``fit``.
+    """
+
+    def _head_size(self) -> int:
+        return 1
+
+    def _encode_targets(self, y, n_rows: int) -> np.ndarray:
+        targets = validated_targets(y, n_rows)
+        if not (self.warm_start and hasattr(self, "y_mean_")):
+            self.y_mean_ = float(targets.mean())
+            self.y_scale_ = float(targets.std()) or 1.0
+        return ((targets - self.y_mean_) / self.y_scale_).astype(np.float32)
+
+    @staticmethod
+    def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return functional.mse_loss(outputs.squeeze(-1), targets)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted targets, ``(n,)`` float64, in the units of ``y``."""
+        return self._predict_outputs(X)[:, 0] * self.y_scale_ + self.y_mean_
+
+
+class TagLLMClassifier(ClassifierMixin, TagLLMEstimator):
+    """k-way classification with a frozen LLM conditioned by tags (Tag-LLM).
+
+    Same parameters and attributes as :class:`TagLLMRegressor`; the head has one output per class
+    and is trained with cross-entropy. ``classes_`` holds the labels seen in ``fit``.
+    """
+
+    _classification = True
+
+    def _head_size(self) -> int:
+        return len(self.classes_)
+
+    def _encode_targets(self, y, n_rows: int) -> np.ndarray:
+        labels = validated_targets(y, n_rows, classification=True)
+        if not (self.warm_start and hasattr(self, "classes_")):
+            self.classes_ = np.unique(labels)
+        unseen = set(np.unique(labels)) - set(self.classes_)
+        if unseen:
+            raise ValueError(f"y has labels {sorted(unseen)} not seen in the first fit; refit with warm_start=False.")
+        return np.searchsorted(self.classes_, labels).astype(np.int64)
+
+    @staticmethod
+    def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return functional.cross_entropy(outputs, targets)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, ``(n, n_classes)`` in the order of ``classes_``."""
+        logits = torch.as_tensor(self._predict_outputs(X))
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels ``(n,)``; raises if any row was invalid (no NaN label exists)."""
+        probabilities = self.predict_proba(X)
+        if np.isnan(probabilities).any():
+            raise ValueError("Some rows have invalid input and no label can be predicted; use predict_proba to get NaN rows.")
+        return self.classes_[probabilities.argmax(axis=1)]

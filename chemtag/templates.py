@@ -1,0 +1,220 @@
+"""Prompt templates in Tag-LLM's form and their encoding into token ids plus tag slots.
+
+A template is literal text, input fields ``{name}`` and tags ``<Name>``, ending with the function tag::
+
+    Input: The protein sequence is <Protein> {protein}. The SMILES of the drug is <SMILES> {smiles}. Output: The binding affinity is <BA>
+
+A tag directly followed (across white space only) by a field forms a *domain segment*: the tag and the
+field's text. With segment-isolated attention each segment sees only itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+_TOKEN_PATTERN = re.compile(r"<([A-Za-z][\w.\-]*)>|\{([A-Za-z_]\w*)\}")
+
+
+@dataclass(frozen=True)
+class Text:
+    """Literal prompt text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TagSlot:
+    """Where the ``p`` vectors of tag ``name`` are spliced in."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Field:
+    """An input value; ``prefix`` is the white space the template had before it, ``segment`` its
+    1-based domain-segment number (0 when the field has no domain tag)."""
+
+    name: str
+    prefix: str = ""
+    segment: int = 0
+
+
+Part = Text | TagSlot | Field
+
+
+@dataclass(frozen=True)
+class Template:
+    parts: tuple[Part, ...]
+    source: str
+
+    @classmethod
+    def parse(cls, source: str) -> "Template":
+        raw: list[Part] = []
+        position = 0
+        for match in _TOKEN_PATTERN.finditer(source):
+            if match.start() > position:
+                raw.append(Text(source[position:match.start()]))
+            tag, field = match.groups()
+            raw.append(TagSlot(tag) if tag else Field(field))
+            position = match.end()
+        if position < len(source):
+            raw.append(Text(source[position:]))
+        parts = _attach_fields_to_domain_tags(raw)
+        template = cls(tuple(parts), source)
+        template._check()
+        return template
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parts if isinstance(p, Field))
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.name for p in self.parts if isinstance(p, TagSlot)))
+
+    @property
+    def function_tag(self) -> str:
+        return self.parts[-1].name
+
+    @property
+    def domain_tags(self) -> dict[str, str]:
+        """Field name -> the domain tag written right before it."""
+        return {
+            field.name: self.parts[i - 1].name
+            for i, field in enumerate(self.parts)
+            if isinstance(field, Field) and field.segment
+        }
+
+    def _check(self) -> None:
+        if not self.parts or not isinstance(self.parts[-1], TagSlot):
+            raise ValueError(f"A template must end with its function tag, e.g. '... <QED>'; got {self.source!r}.")
+        if self.function_tag in self.domain_tags.values():
+            raise ValueError(f"The function tag <{self.function_tag}> is also used as a domain tag in {self.source!r}.")
+        duplicated = {f for f in self.fields if self.fields.count(f) > 1}
+        if duplicated:
+            raise ValueError(f"Fields {sorted(duplicated)} appear more than once in {self.source!r}.")
+
+
+def _attach_fields_to_domain_tags(raw: list[Part]) -> list[Part]:
+    """Move white space before a field into the field, drop it before a tag, and number domain segments."""
+    parts: list[Part] = []
+    segments = 0
+    for part in raw:
+        if isinstance(part, Field):
+            prefix = ""
+            if parts and isinstance(parts[-1], Text) and parts[-1].text.isspace():
+                prefix = parts.pop().text
+            elif parts and isinstance(parts[-1], Text):
+                stripped = parts[-1].text.rstrip()
+                prefix = parts[-1].text[len(stripped):]
+                parts[-1] = Text(stripped)
+            segment = 0
+            if parts and isinstance(parts[-1], TagSlot):
+                segments += 1
+                segment = segments
+            part = Field(part.name, prefix, segment)
+        elif isinstance(part, TagSlot) and parts and isinstance(parts[-1], Text):
+            # A tag is not a word: the space before it would be a lone, unnatural token.
+            stripped = parts.pop().text.rstrip()
+            if stripped:
+                parts.append(Text(stripped))
+        parts.append(part)
+    return parts
+
+
+@dataclass
+class EncodedPrompts:
+    """Token-level encoding of ``n`` prompts, one ragged row each.
+
+    ``input_ids[i]`` ``(L_i,)`` token ids (tag slots hold the pad id); ``tag_slots[i]`` ``(L_i,)`` the row of
+    the stacked tag table spliced at each position, -1 for vocabulary tokens; ``segments[i]`` ``(L_i,)``
+    0 for shared context, ``k`` for the k-th domain segment; ``readout[i]`` the position of the last
+    function-tag vector, whose final hidden state feeds the head.
+    """
+
+    input_ids: list[np.ndarray]
+    tag_slots: list[np.ndarray]
+    segments: list[np.ndarray]
+    readout: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def subset(self, indices: Sequence[int]) -> "EncodedPrompts":
+        return EncodedPrompts(
+            [self.input_ids[i] for i in indices], [self.tag_slots[i] for i in indices],
+            [self.segments[i] for i in indices], self.readout[np.asarray(indices, dtype=np.int64)],
+        )
+
+
+class TemplateEncoder:
+    """Encodes field values through a template for one tokenizer and tag layout.
+
+    ``tag_order`` names the tags in the order of the model's stacked tag table; each tag occupies
+    ``tag_length`` consecutive rows. Each distinct field value is tokenized once.
+    """
+
+    def __init__(self, template: Template, tokenizer: PreTrainedTokenizerBase, tag_order: Sequence[str], tag_length: int):
+        missing = set(template.tag_names) - set(tag_order)
+        if missing:
+            raise ValueError(f"No tags for {sorted(missing)} in the model's tag table {list(tag_order)}.")
+        self.template = template
+        self.tokenizer = tokenizer
+        self.tag_length = tag_length
+        self._tag_rows = {name: i * tag_length + np.arange(tag_length) for i, name in enumerate(tag_order)}
+        self._pad_id = tokenizer.pad_token_id
+        self._start_ids = list(tokenizer("", add_special_tokens=True).input_ids)
+        self._text_ids = {p.text: self._tokenize([p.text])[0] for p in template.parts if isinstance(p, Text)}
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False).input_ids
+
+    def encode(self, values: Mapping[str, Sequence[str]]) -> EncodedPrompts:
+        """Encode ``values`` (field name -> ``n`` strings) into ``n`` prompts."""
+        missing = set(self.template.fields) - set(values)
+        if missing:
+            raise ValueError(f"No values given for template fields {sorted(missing)}.")
+        n = len(next(iter(values.values()))) if values else 1
+        field_ids = {}
+        for field in (p for p in self.template.parts if isinstance(p, Field)):
+            texts = [field.prefix + str(v) for v in values[field.name]]
+            unique = list(dict.fromkeys(texts))
+            ids = dict(zip(unique, self._tokenize(unique)))
+            field_ids[field.name] = [ids[t] for t in texts]
+
+        encoded = EncodedPrompts([], [], [], np.zeros(n, dtype=np.int64))
+        for row in range(n):
+            ids, slots, segments = list(self._start_ids), [-1] * len(self._start_ids), [0] * len(self._start_ids)
+            for index, part in enumerate(self.template.parts):
+                piece, piece_slots, segment = self._part_tokens(index, field_ids, row)
+                ids.extend(piece)
+                slots.extend(piece_slots)
+                segments.extend([segment] * len(piece))
+            encoded.input_ids.append(np.asarray(ids, dtype=np.int64))
+            encoded.tag_slots.append(np.asarray(slots, dtype=np.int64))
+            encoded.segments.append(np.asarray(segments, dtype=np.int64))
+            encoded.readout[row] = len(ids) - 1
+        return encoded
+
+    def _part_tokens(self, index: int, field_ids: dict, row: int) -> tuple[list[int], list[int], int]:
+        """Token ids, tag-table rows (-1 for vocabulary tokens) and segment of template part ``index``."""
+        parts = self.template.parts
+        part = parts[index]
+        if isinstance(part, Text):
+            ids = self._text_ids[part.text]
+            return ids, [-1] * len(ids), 0
+        if isinstance(part, Field):
+            ids = field_ids[part.name][row]
+            return ids, [-1] * len(ids), part.segment
+        following = parts[index + 1] if index + 1 < len(parts) else None
+        rows = self._tag_rows[part.name].tolist()
+        return [self._pad_id] * len(rows), rows, following.segment if isinstance(following, Field) else 0

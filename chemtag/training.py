@@ -1,0 +1,162 @@
+"""The training loop for tags and heads: length-bucketed batches, AdamW, early stopping, history."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from chemtag.model import Batch, TaggedModel
+from chemtag.templates import EncodedPrompts
+
+logger = logging.getLogger(__name__)
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainingConfig:
+    """How tags and head are trained.
+
+    ``lr`` is AdamW's learning rate; ``validation_fraction`` of the rows (0 for none) is held out for
+    early stopping after ``patience`` epochs without improvement, and the best epoch's weights are
+    restored. ``bf16`` runs the backbone under bfloat16 autocast with float32 master weights.
+    """
+
+    max_epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    validation_fraction: float = 0.1
+    patience: int = 5
+    bf16: bool = False
+    verbose: int = 1
+    random_state: int | None = 0
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                            bucket_batches: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of row indices of similar length, so that little compute goes to padding."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), batch_size * bucket_batches):
+        chunk = order[start:start + batch_size * bucket_batches]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def autocast(model: TaggedModel, enabled: bool):
+    """bfloat16 autocast on the backbone's device, or nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.backbone.device.type, dtype=torch.bfloat16)
+
+
+def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: LossFunction,
+          config: TrainingConfig, history: list[dict] | None = None) -> list[dict]:
+    """Train the model's trainable tags and head in place; return the history (one dict per epoch).
+
+    ``targets`` ``(n, ...)`` are aligned with ``prompts``. Interrupting with Ctrl-C keeps the best
+    weights so far. Passing an earlier ``history`` continues its epoch count (warm start).
+    """
+    history = list(history or [])
+    rng = np.random.default_rng(config.random_state)
+    train_rows, valid_rows = _split(len(prompts), config.validation_fraction, rng)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    pad_id = model.backbone.tokenizer.pad_token_id
+    device = model.backbone.device
+    targets = targets.to(device)
+    lengths = prompts.lengths
+
+    best_loss, best_state, stale = math.inf, None, 0
+    torch_seed = int(rng.integers(2**31))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            for epoch in range(len(history) + 1, len(history) + config.max_epochs + 1):
+                started = time.perf_counter()
+                batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
+                model.train()
+                total, seen = 0.0, 0
+                progress = tqdm(batches, desc=f"epoch {epoch}", disable=config.verbose <= 0, leave=config.verbose > 1)
+                for batch_rows in progress:
+                    rows = train_rows[batch_rows]
+                    batch = Batch.collate(prompts, rows, pad_id, device)
+                    with autocast(model, config.bf16):
+                        loss = loss_fn(model(batch), targets[rows])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(rows)
+                    seen += len(rows)
+                    progress.set_postfix(loss=f"{total / seen:.4f}")
+                record = {"epoch": epoch, "train_loss": total / seen}
+                if len(valid_rows):
+                    outputs = predict(model, prompts.subset(valid_rows), config.batch_size, config.bf16)
+                    record["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
+                monitored = record.get("valid_loss", record["train_loss"])
+                record["best"] = monitored < best_loss
+                record["seconds"] = time.perf_counter() - started
+                history.append(record)
+                if config.verbose > 0:
+                    tqdm.write(_describe(record))
+                if record["best"]:
+                    best_loss, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
+                else:
+                    stale += 1
+                    if stale >= config.patience:
+                        logger.info("Early stopping after epoch %d: no improvement in %d epochs.", epoch, stale)
+                        break
+    except KeyboardInterrupt:
+        logger.warning("Training interrupted; keeping the best weights so far.")
+    finally:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+    return history
+
+
+def _split(n: int, validation_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    rows = rng.permutation(n)
+    n_valid = int(round(n * validation_fraction)) if validation_fraction else 0
+    if validation_fraction and (n_valid < 1 or n_valid >= n):
+        raise ValueError(
+            f"validation_fraction={validation_fraction} leaves no rows for training or validation with "
+            f"{n} rows; use more rows or validation_fraction=0."
+        )
+    return np.sort(rows[n_valid:]), np.sort(rows[:n_valid])
+
+
+def _describe(record: dict) -> str:
+    text = f"epoch {record['epoch']:>3}  train_loss {record['train_loss']:.4f}"
+    if "valid_loss" in record:
+        text += f"  valid_loss {record['valid_loss']:.4f}"
+    return text + f"  {record['seconds']:.1f}s" + ("  *" if record["best"] else "")
+
+
+@torch.no_grad()
+def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: bool = False,
+            verbose: int = 0) -> torch.Tensor:
+    """Head outputs for every prompt, ``(n, k)`` float32 on the CPU, in the prompts' order."""
+    model.eval()
+    pad_id = model.backbone.tokenizer.pad_token_id
+    order = np.argsort(prompts.lengths, kind="stable")
+    outputs = []
+    for start in tqdm(range(0, len(order), batch_size), desc="predict", disable=verbose <= 0, leave=False):
+        batch = Batch.collate(prompts, order[start:start + batch_size], pad_id, model.backbone.device)
+        with autocast(model, bf16):
+            outputs.append(model(batch).float().cpu())
+    result = torch.cat(outputs)
+    unsorted = torch.empty_like(result)
+    unsorted[torch.as_tensor(order)] = result
+    return unsorted
