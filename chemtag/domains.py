@@ -28,7 +28,7 @@ DOMAINS: dict[str, Domain] = {
     "SMILES": Domain("SMILES", "SMILES", canonical_smiles, "RDKit could not parse them. "),
     "Protein": Domain("Protein", "Protein", _protein("standard"),
                       "Sequences must use the 20 standard amino-acid letters (protein_alphabet='extended' also allows BZJUOX). "),
-    "Text": Domain("Text", None, plain_text, "Values must be non-empty. "),
+    "Text": Domain("Text", None, plain_text, "Values must be non-empty, and numbers finite (no NaN or inf). "),
 }
 
 

@@ -64,6 +64,7 @@ class TaggedModel(nn.Module):
         self.backbone = backbone
         self.tag_names = [tag.name for tag in tags]
         self.tag_kinds = {tag.name: tag.kind for tag in tags}
+        self.tag_kinds = {tag.name: tag.kind for tag in tags}
         self.tag_length = lengths.pop()
         self.tag_vectors = nn.ParameterDict({
             tag.name: nn.Parameter(tag.vectors.detach().float().clone(), requires_grad=tag.name in trainable)
@@ -71,6 +72,13 @@ class TaggedModel(nn.Module):
         })
         self.head = head
         self.isolate_segments = isolate_segments
+
+    def export_tags(self) -> dict[str, Tag]:
+        """Detached CPU copies of the current tags, in table order."""
+        return {
+            name: Tag(name, self.tag_kinds[name], self.tag_vectors[name].detach().cpu().clone())
+            for name in self.tag_names
+        }
 
     def export_tags(self) -> dict[str, Tag]:
         """Detached CPU copies of the current tags, in table order."""

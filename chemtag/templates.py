@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-_TOKEN_PATTERN = re.compile(r"<([A-Za-z][\w.\-]*)>|\{([A-Za-z_]\w*)\}")
+_TOKEN_PATTERN = re.compile(r"<([A-Za-z][\w.\-]*)>|\{([^{}<>]+)\}")  # a field may name any column
 
 
 @dataclass(frozen=True)

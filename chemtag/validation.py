@@ -7,10 +7,13 @@ or, when the user chose ``on_invalid="nan"``, are reported by position so their 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
 from rdkit import Chem, RDLogger
+from sklearn.exceptions import DataConversionWarning
+from sklearn.utils.multiclass import check_classification_targets
 
 STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
 # IUPAC extras: B (D/N), Z (E/Q), J (I/L), U (selenocysteine), O (pyrrolysine), X (any).
@@ -51,8 +54,8 @@ def normalised_protein(value: object, alphabet: str = "standard") -> str | None:
 
 
 def plain_text(value: object) -> str | None:
-    """``value`` as stripped text; numbers are written as they print; missing values are invalid."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """``value`` as stripped text; numbers are written as they print; missing, NaN and infinite values are invalid."""
+    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
         return None
     text = str(value).strip()
     return text or None
@@ -72,17 +75,19 @@ def report_invalid(kind: str, column: str, values: Sequence[object], rows: Seque
 def validated_targets(y: Iterable, n_rows: int, classification: bool = False) -> np.ndarray:
     """``y`` as a 1-D array of ``n_rows``; regression targets must be finite numbers."""
     if y is None:
-        raise ValueError("y is required: pass the targets as a 1-D array or Series of one value per row.")
+        raise ValueError("This estimator requires y to be passed, but the target y is None.")
     array = np.asarray(y)
     if array.ndim == 2 and array.shape[1] == 1:
+        message = ("A column-vector y was passed when a 1d array was expected. Please change the shape of y to "
+                   "(n_samples,), for example using ravel().")  # sklearn's wording, which its checks expect
+        warnings.warn(message, DataConversionWarning, stacklevel=3)
         array = array[:, 0]
     if array.ndim != 1:
         raise ValueError(f"y must be 1-D (one target per row), got shape {array.shape}.")
     if len(array) != n_rows:
         raise ValueError(f"X has {n_rows} rows but y has {len(array)}.")
     if classification:
-        if any(value is None or (isinstance(value, float) and math.isnan(value)) for value in array):
-            raise ValueError("y contains missing labels; remove these rows before fitting.")
+        check_classification_targets(array)  # refuses continuous targets, NaN and infinity
         return array
     try:
         numbers = array.astype(np.float64)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.domains import get_domain
 from chemtag.estimators._inputs import as_frame, read_fields
+from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag
 from chemtag.templates import Template, TemplateEncoder
@@ -96,6 +97,19 @@ class TagLLMEstimator(BaseEstimator):
         state.pop("_model", None)  # holds the shared backbone; rebuilt from tags_ and head_ on demand
         return state
 
+    def save(self, folder: str | Path) -> Path:
+        """Write the fitted estimator as safetensors + JSON into ``folder`` (no backbone weights, no pickle)."""
+        from chemtag.persistence import save_estimator
+
+        return save_estimator(self, folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TagLLMEstimator":
+        """Read an estimator written by :meth:`save`; the folder's class must be ``cls`` or a subclass."""
+        from chemtag.persistence import load_estimator
+
+        return load_estimator(folder, expected_class=cls)
+
     # ----------------------------------------------------------------- fit / predict
     def fit(self, X, y):
         """Train the function tag (and head) on ``X`` (rows of inputs) and targets ``y``; returns self."""
@@ -105,11 +119,12 @@ class TagLLMEstimator(BaseEstimator):
         values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet,
                                       "nan" if self.on_invalid == "nan" else "raise")
         targets = self._encode_targets(y, len(frame))
+        keep = np.flatnonzero(~invalid)
         if invalid.any():
             warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=2)
-            keep = np.flatnonzero(~invalid)
             values = {field: [v[i] for i in keep] for field, v in values.items()}
             targets = targets[keep]
+        values, targets = self._augment(values, targets)
         warm = self.warm_start and hasattr(self, "tags_")
         if not warm:
             self._record_input_shape(X, frame)
@@ -120,10 +135,10 @@ class TagLLMEstimator(BaseEstimator):
         self._check_template(template)
         model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template)
         prompts = self._encoder(template, model).encode(values)
-        self._check_lengths(prompts.lengths, backbone)
+        self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
         config = TrainingConfig(
             max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            validation_fraction=self.validation_fraction if len(targets) > 1 else 0.0,
+            validation_fraction=self._validation_fraction(len(targets)),
             patience=self.patience, bf16=self.bf16, verbose=self.verbose, random_state=self.random_state,
         )
         self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
@@ -145,7 +160,7 @@ class TagLLMEstimator(BaseEstimator):
             prompts = self._encoder(Template.parse(self.template_), model).encode(
                 {field: [v[i] for i in keep] for field, v in values.items()}
             )
-            self._check_lengths(prompts.lengths, backbone)
+            self._check_lengths(prompts.lengths, backbone, keep)
             outputs[keep] = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1).numpy()
         return outputs
 
@@ -161,6 +176,20 @@ class TagLLMEstimator(BaseEstimator):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+
+    def _validation_fraction(self, n_rows: int) -> float:
+        """``validation_fraction``, or 0 with a warning when it would hold out no row or every row."""
+        if self.validation_fraction and not 1 <= round(n_rows * self.validation_fraction) < n_rows:
+            warnings.warn(
+                f"validation_fraction={self.validation_fraction} holds out no usable validation set from {n_rows} "
+                f"rows; training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=3,
+            )
+            return 0.0
+        return self.validation_fraction
+
+    def _augment(self, values: dict[str, list[str]], targets: np.ndarray) -> tuple[dict[str, list[str]], np.ndarray]:
+        """Training rows derived from the validated ones; presets may add rows (e.g. both drug orders)."""
+        return values, targets
 
     def _declared_fields(self) -> list[str] | None:
         """Field names in order when the user declared them (used to name array columns)."""
@@ -190,8 +219,6 @@ class TagLLMEstimator(BaseEstimator):
         parts = []
         for field, domain_name in fields.items():
             tag = get_domain(domain_name).tag
-            if not field.isidentifier():
-                raise ValueError(f"Column {field!r} cannot be a template field; rename it to a Python identifier.")
             parts.append(f"{field}: <{tag}> {{{field}}}." if tag else f"{field}: {{{field}}}.")
         return "Input: " + " ".join(parts) + f" Output: <{self.function_tag}>"
 
@@ -210,8 +237,12 @@ class TagLLMEstimator(BaseEstimator):
             del self.feature_names_in_
 
     def _check_columns_at_predict(self, X, frame) -> None:
+        """Arrays must have the fitted column count; DataFrames need only the fields' columns."""
         if not hasattr(X, "columns") and frame.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {frame.shape[1]} columns, but this estimator was fitted with {self.n_features_in_}.")
+            raise ValueError(
+                f"X has {frame.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                f"features as input."
+            )
 
     def _backbone(self) -> Backbone:
         return load_backbone(self.backbone, device=self.device)
@@ -220,13 +251,14 @@ class TagLLMEstimator(BaseEstimator):
     def _encoder(template: Template, model: TaggedModel) -> TemplateEncoder:
         return TemplateEncoder(template, model.backbone.tokenizer, model.tag_names, model.tag_length)
 
-    def _check_lengths(self, lengths: np.ndarray, backbone: Backbone) -> None:
+    def _check_lengths(self, lengths: np.ndarray, backbone: Backbone, rows: np.ndarray) -> None:
+        """Refuse prompts over ``max_length`` (or the backbone's limit); ``rows`` are their positions in X."""
         limit = self.max_length or backbone.max_length
         if limit is None:
             return
         too_long = np.flatnonzero(lengths > limit)
         if len(too_long):
-            shown = ", ".join(f"{i} ({lengths[i]} tokens)" for i in too_long[:5])
+            shown = ", ".join(f"{rows[i]} ({lengths[i]} tokens)" for i in too_long[:5])
             raise ValueError(
                 f"{len(too_long)} prompts are longer than the limit of {limit} tokens: rows {shown}. "
                 f"Shorten these inputs or raise max_length (the backbone allows {backbone.max_length})."
@@ -237,15 +269,13 @@ class TagLLMEstimator(BaseEstimator):
         tags = [Tag.initialise(name, "domain", backbone, self.tag_length) for name in domain_tags]
         tags.append(Tag.initialise(template.function_tag, "function", backbone, self.tag_length))
         trainable = [template.function_tag] + (domain_tags if self.tune_domain_tags else [])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0 if self.random_state is None else self.random_state)
-            head = nn.Linear(backbone.hidden_size, self._head_size())
+        head = LinearHead(backbone.hidden_size, self._head_size())
         return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments)
 
     def _model_from_fitted(self, backbone: Backbone) -> TaggedModel:
         model = getattr(self, "_model", None)
         if model is None or model.backbone is not backbone:
-            head = nn.Linear(backbone.hidden_size, self._head_size())
+            head = LinearHead(backbone.hidden_size, self._head_size())
             head.load_state_dict(self.head_)
             trainable = [n for n, t in self.tags_.items() if t.kind == "function" or self.tune_domain_tags]
             model = TaggedModel(backbone, list(self.tags_.values()), head.to(backbone.device), trainable,

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from chemtag.domains import get_domain
 from chemtag.validation import InvalidInputError, report_invalid
@@ -20,6 +21,8 @@ def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
     DataFrames keep their columns; a Series or 1-D sequence becomes one column; a 2-D array's columns
     are named after ``fields`` in order when their count matches, else ``x0, x1, ...``.
     """
+    if sparse.issparse(X):
+        raise TypeError("Sparse input is not supported: pass a DataFrame or a dense 2-D array of strings.")
     if isinstance(X, pd.DataFrame):
         frame = X
     elif isinstance(X, pd.Series):
@@ -32,6 +35,11 @@ def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
         except ValueError as error:
             raise TypeError(f"X could not be read as a table: {error}") from None
         if array.ndim == 1:
+            if not fields or len(fields) != 1:
+                raise ValueError(
+                    "Expected a 2-D table, got a 1-D array. Reshape your data with array.reshape(-1, 1) for a single "
+                    "column, or pass a DataFrame."
+                )
             array = array[:, None]
         if array.ndim != 2:
             raise ValueError(f"X must be 1-D or 2-D, got an array of shape {array.shape}.")
@@ -40,7 +48,9 @@ def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
     if frame.shape[0] == 0:
         raise ValueError("X has no rows: at least one row is required.")
     if frame.shape[1] == 0:
-        raise ValueError("X has no columns.")
+        raise ValueError(f"Found array with 0 feature(s) (shape={frame.shape}) while a minimum of 1 is required.")
+    if any(frame[column].map(lambda v: isinstance(v, complex)).any() for column in frame.columns):
+        raise ValueError("Complex data not supported: X holds complex numbers.")
     frame.columns = [str(c) for c in frame.columns]
     if frame.columns.duplicated().any():
         duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))

@@ -73,6 +73,11 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     n_features_in_, feature_names_in_ : the columns seen in ``fit``.
     """
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.regressor_tags.poor_score = True  # one epoch on a few rows of numbers-as-text is no universal regressor
+        return tags
+
     def _head_size(self) -> int:
         return 1
 
@@ -100,6 +105,11 @@ class TagLLMClassifier(ClassifierMixin, TagLLMEstimator):
     """
 
     _classification = True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.poor_score = True
+        return tags
 
     def _head_size(self) -> int:
         return len(self.classes_)

@@ -1,0 +1,3 @@
+from chemtag.cli import main
+
+raise SystemExit(main())

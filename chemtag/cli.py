@@ -1,0 +1,123 @@
+"""``chemtag fit | predict | demo``: the estimators for people who do not write Python."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+TASKS = {
+    "qed": ("QEDRegressor", "column Drug (SMILES)"),
+    "protein-descriptor": ("ProteinDescriptorRegressor", "column Target (protein sequence)"),
+    "binding-affinity": ("BindingAffinityRegressor", "columns Target (protein sequence) and Drug (SMILES)"),
+    "drug-combination": ("DrugComboRegressor", "columns Drug1, Drug2 (SMILES) and Cell_Line_ID (text)"),
+    "regression": ("TagLLMRegressor", "any columns; map them with --domain COLUMN=SMILES|Protein|Text"),
+    "classification": ("TagLLMClassifier", "any columns; map them with --domain COLUMN=SMILES|Protein|Text"),
+}
+
+_EPILOG = "tasks and the input columns they read (TDC names; rename with --column FIELD=YOUR_COLUMN):\n" + "\n".join(
+    f"  {task:<20} {columns}" for task, (_, columns) in TASKS.items()
+)
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{option} takes KEY=VALUE, got {item!r}.")
+        pairs[key] = value
+    return pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chemtag", description="Tag-LLM predictors for chemistry and biology.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="train a model on a table and save it as a folder",
+                              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit.add_argument("table", help="training table: CSV, TSV (optionally .gz) or Parquet")
+    fit.add_argument("--task", required=True, choices=TASKS)
+    fit.add_argument("-o", "--output", required=True, help="folder to write the fitted model to")
+    fit.add_argument("--target", default="Y", help="column with the values to learn (default: Y)")
+    fit.add_argument("--column", action="append", metavar="FIELD=COLUMN", help="read FIELD from COLUMN")
+    fit.add_argument("--domain", action="append", metavar="COLUMN=DOMAIN", help="regression/classification inputs")
+    fit.add_argument("--function-tag", default=None, help="function tag name (regression/classification)")
+    fit.add_argument("--backbone", default=None, help="Hub id, local folder or 'smollm2-135m' (default)")
+    fit.add_argument("--max-epochs", type=int, default=None)
+    fit.add_argument("--batch-size", type=int, default=None)
+    fit.add_argument("--lr", type=float, default=None)
+    fit.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the backbone")
+    fit.add_argument("--device", default=None, help="e.g. cpu or cuda")
+    fit.add_argument("--on-invalid", choices=("raise", "nan"), default=None,
+                     help="invalid SMILES/protein rows: stop with an error (default) or skip them")
+    fit.add_argument("--quiet", action="store_true")
+
+    predict = commands.add_parser("predict", help="predict a table with a saved model")
+    predict.add_argument("model", help="folder written by `chemtag fit`")
+    predict.add_argument("table", help="table with the same input columns as for fitting")
+    predict.add_argument("-o", "--output", required=True, help="CSV to write: the input table plus a 'prediction' column")
+    predict.add_argument("--on-invalid", choices=("raise", "nan"), default=None,
+                         help="invalid rows: stop with an error, or predict NaN for them")
+
+    demo = commands.add_parser("demo", help="fit a QED regressor on bundled SMILES with the default backbone")
+    demo.add_argument("--n-train", type=int, default=200)
+    demo.add_argument("--max-epochs", type=int, default=3)
+    return parser
+
+
+def _fit(args) -> None:
+    from chemtag import estimators
+    from chemtag.datasets import read_table
+
+    table = read_table(args.table)
+    if args.target not in table.columns:
+        raise ValueError(f"{args.table} has no target column {args.target!r}; its columns are {list(table.columns)}. Use --target.")
+    cls = estimators.ESTIMATORS[TASKS[args.task][0]]
+    options = {
+        "columns": _pairs(args.column, "--column") or None, "backbone": args.backbone, "max_epochs": args.max_epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "on_invalid": args.on_invalid,
+        "bf16": args.bf16 or None, "verbose": 0 if args.quiet else None,
+    }
+    if args.task in ("regression", "classification"):
+        options |= {"domains": _pairs(args.domain, "--domain") or None, "function_tag": args.function_tag}
+    elif args.domain or args.function_tag:
+        raise ValueError(f"--domain and --function-tag apply to the regression and classification tasks, not {args.task!r}.")
+    model = cls(**{k: v for k, v in options.items() if v is not None})
+    model.fit(table.drop(columns=[args.target]), table[args.target])
+    model.save(args.output)
+    print(f"saved {cls.__name__} to {args.output}")
+
+
+def _predict(args) -> None:
+    from chemtag.datasets import read_table
+    from chemtag.estimators._base import TagLLMEstimator
+
+    model = TagLLMEstimator.load(args.model)
+    if args.on_invalid:
+        model.set_params(on_invalid=args.on_invalid)
+    table = read_table(args.table)
+    table["prediction"] = model.predict(table)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.output, index=False)
+    print(f"wrote {len(table)} predictions to {args.output} ({int(table['prediction'].isna().sum())} NaN)")
+
+
+def _demo(args) -> None:
+    from chemtag.demo import run_demo
+
+    result = run_demo(n_train=args.n_train, max_epochs=args.max_epochs)
+    print(
+        f"QEDRegressor on {result['n_train']} ChEMBL SMILES, {result['n_test']} held out: "
+        f"MSE {result['mse']:.4f} (mean predictor {result['mean_predictor_mse']:.4f}) in {result['seconds']:.0f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"fit": _fit, "predict": _predict, "demo": _demo}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as error:
+        print(f"chemtag {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,17 @@
+"""scikit-learn estimators over a tagged, frozen LLM."""
+
+from chemtag.estimators.generic import TagLLMClassifier, TagLLMRegressor
+from chemtag.estimators.presets import (
+    BindingAffinityRegressor,
+    DrugComboRegressor,
+    ProteinDescriptorRegressor,
+    QEDRegressor,
+)
+
+ESTIMATORS = {
+    cls.__name__: cls
+    for cls in (TagLLMRegressor, TagLLMClassifier, QEDRegressor, ProteinDescriptorRegressor,
+                BindingAffinityRegressor, DrugComboRegressor)
+}
+
+__all__ = [*ESTIMATORS, "ESTIMATORS"]

@@ -1,0 +1,112 @@
+"""Task presets: Tag-LLM's templates with TDC column names and sensible defaults.
+
+Each preset is a :class:`~chemtag.TagLLMRegressor` with other defaults for ``domains``,
+``function_tag`` and ``template``; every parameter can still be set. Columns named as in TDC need
+no arguments; other names go through ``columns``, e.g. ``columns={"Drug": "smiles"}``. 2-D arrays
+are read with the columns in the order of the template's fields.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+
+from chemtag.estimators._inputs import as_frame
+from chemtag.estimators.generic import TagLLMRegressor
+
+
+def _preset(base: type, **defaults):
+    """An ``__init__`` with ``base``'s keyword parameters and new ``defaults`` (as sklearn needs an
+    explicit signature to list parameters)."""
+    base_signature = inspect.signature(base.__init__)
+    parameters = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
+        for name, p in base_signature.parameters.items() if name != "self"
+    ]
+    extras = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+              for name, value in defaults.items() if name not in base_signature.parameters]
+    base_names = set(base_signature.parameters)
+
+    def __init__(self, **params):
+        unknown = set(params) - {p.name for p in parameters + extras}
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected parameters {sorted(unknown)}.")
+        values = {p.name: p.default for p in parameters + extras} | params
+        base.__init__(self, **{k: v for k, v in values.items() if k in base_names})
+        for name in (p.name for p in extras):
+            setattr(self, name, values[name])
+
+    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = base_signature.replace(parameters=[self_parameter, *parameters, *extras])
+    return __init__
+
+
+class QEDRegressor(TagLLMRegressor):
+    """SMILES -> QED (RDKit's drug-likeness, 0..1). Input column ``Drug``, as in TDC."""
+
+    __init__ = _preset(
+        TagLLMRegressor, domains={"Drug": "SMILES"}, function_tag="QED",
+        template="Input: The SMILES of the molecule is <SMILES> {Drug}. Output: The QED is <QED>",
+    )
+
+
+class ProteinDescriptorRegressor(TagLLMRegressor):
+    """Protein sequence -> a numeric descriptor. Input column ``Target``, as in TDC's DTI tables.
+
+    Any per-protein number can be the target; :func:`chemtag.descriptors.protein_descriptor`
+    computes labels (by default GRAVY, the grand average of hydropathy).
+    """
+
+    __init__ = _preset(
+        TagLLMRegressor, domains={"Target": "Protein"}, function_tag="Descriptor",
+        template="Input: The protein sequence is <Protein> {Target}. Output: The descriptor is <Descriptor>",
+    )
+
+
+class BindingAffinityRegressor(TagLLMRegressor):
+    """Protein + drug SMILES -> binding affinity (e.g. pKd). Columns ``Target`` and ``Drug``, as in TDC."""
+
+    __init__ = _preset(
+        TagLLMRegressor, domains={"Target": "Protein", "Drug": "SMILES"}, function_tag="BA",
+        template=("Input: The protein sequence is <Protein> {Target}. The SMILES of the drug is <SMILES> {Drug}. "
+                  "Output: The binding affinity is <BA>"),
+    )
+
+
+class DrugComboRegressor(TagLLMRegressor):
+    """Two drug SMILES and a cell line -> synergy. Columns ``Drug1``, ``Drug2``, ``Cell_Line_ID`` (TDC).
+
+    The cell line is written as text. The drug pair is unordered: ``pair_order="average"`` predicts
+    the mean over both orders, ``"augment"`` also trains on both orders, ``"as_given"`` uses the
+    order of the columns.
+    """
+
+    __init__ = _preset(
+        TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}, function_tag="DC",
+        template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
+                  "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
+        pair_order="average",
+    )
+    _PAIR_ORDERS = ("average", "augment", "as_given")
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.pair_order not in self._PAIR_ORDERS:
+            raise ValueError(f"pair_order must be one of {self._PAIR_ORDERS}, got {self.pair_order!r}.")
+
+    def _augment(self, values: dict[str, list[str]], targets: np.ndarray):
+        if self.pair_order != "augment":
+            return values, targets
+        swapped = values | {"Drug1": values["Drug2"], "Drug2": values["Drug1"]}
+        return {k: values[k] + swapped[k] for k in values}, np.concatenate([targets, targets])
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted synergy ``(n,)``; with ``pair_order`` "average" or "augment" the mean of both drug orders."""
+        if self.pair_order == "as_given":
+            return super().predict(X)
+        frame = as_frame(X, list(self.fields_))
+        first, second = ((self.columns or {}).get(f, f) for f in ("Drug1", "Drug2"))
+        swapped = frame.rename(columns={first: second, second: first})
+        return (super().predict(frame) + super().predict(swapped)) / 2

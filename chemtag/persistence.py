@@ -1,0 +1,83 @@
+"""A fitted estimator as a folder: JSON for configuration, safetensors for tensors, no pickle.
+
+Layout::
+
+    estimator.json      class, parameters, fitted metadata, format version, head checksum
+    head.safetensors    the head's weights
+    tags/               a TagLibrary: tags.safetensors + manifest.json (backbone fingerprint)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from chemtag.tags import TagLibrary, _sha256
+
+FORMAT_VERSION = 1
+_CONFIG_FILE = "estimator.json"
+_HEAD_FILE = "head.safetensors"
+_TAGS_FOLDER = "tags"
+# Fitted attributes that are plain JSON values (or numpy arrays written as lists).
+_FITTED_JSON = ("template_", "fields_", "y_mean_", "y_scale_", "history_", "n_features_in_", "backbone_fingerprint_")
+_FITTED_ARRAYS = ("classes_", "feature_names_in_")
+
+
+def save_estimator(estimator, folder: str | Path) -> Path:
+    """Write a fitted estimator into ``folder`` (created; existing files of the same names are replaced)."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(estimator, "tags_")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    library = TagLibrary(estimator.backbone_fingerprint_, estimator.tags_)
+    library.save(folder / _TAGS_FOLDER)
+    save_file({k: v.contiguous() for k, v in estimator.head_.items()}, folder / _HEAD_FILE)
+    params = estimator.get_params(deep=False)
+    try:
+        json.dumps(params)
+    except TypeError as error:
+        raise TypeError(f"Parameters of {type(estimator).__name__} must be JSON values to save as a folder: {error}") from None
+    fitted = {name: getattr(estimator, name) for name in _FITTED_JSON if hasattr(estimator, name)}
+    fitted |= {name: getattr(estimator, name).tolist() for name in _FITTED_ARRAYS if hasattr(estimator, name)}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "class": type(estimator).__name__,
+        "params": params,
+        "fitted": fitted,
+        "head_sha256": _sha256(folder / _HEAD_FILE),
+    }
+    (folder / _CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return folder
+
+
+def load_estimator(folder: str | Path, expected_class: type | None = None):
+    """Read an estimator written by :func:`save_estimator`; nothing is unpickled or executed."""
+    from chemtag.estimators import ESTIMATORS
+
+    folder = Path(folder)
+    config_path = folder / _CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved chemtag model: {_CONFIG_FILE} is missing.")
+    config = json.loads(config_path.read_text())
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{config_path} has format version {version!r}; this chemtag reads up to {FORMAT_VERSION}. Upgrade chemtag.")
+    cls = ESTIMATORS.get(config.get("class"))
+    if cls is None:
+        raise ValueError(f"{config_path} names an unknown estimator class {config.get('class')!r}.")
+    if expected_class is not None and not issubclass(cls, expected_class):
+        raise TypeError(f"{folder} holds a {cls.__name__}, not a {expected_class.__name__}.")
+    if _sha256(folder / _HEAD_FILE) != config["head_sha256"]:
+        raise ValueError(f"{folder / _HEAD_FILE} does not match its checksum: the file is corrupted.")
+    estimator = cls(**config["params"])
+    fitted = config["fitted"]
+    for name, value in fitted.items():
+        setattr(estimator, name, np.asarray(value, dtype=object if name == "feature_names_in_" else None)
+                if name in _FITTED_ARRAYS else value)
+    estimator.tags_ = TagLibrary.load(folder / _TAGS_FOLDER, fitted["backbone_fingerprint_"]).tags
+    estimator.head_ = load_file(folder / _HEAD_FILE)
+    return estimator

@@ -1,0 +1,156 @@
+"""The estimators behave as scikit-learn users expect."""
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from chemtag import QEDRegressor, TagLLMClassifier, TagLLMRegressor
+
+FAST = dict(backbone="tiny-llama", max_epochs=2, verbose=0, validation_fraction=0)
+SMILES = ["CCO", "c1ccccc1", "CCN", "CC(=O)O", "CCCC", "c1ccncc1", "CC(C)O", "OCCO", "CCOC", "C1CCCCC1", "CCCl", "CCBr"]
+TARGETS = np.arange(len(SMILES), dtype=float) / 10
+
+
+def test_fit_returns_self_and_sets_fitted_attributes():
+    model = QEDRegressor(**FAST)
+    assert model.fit(pd.DataFrame({"Drug": SMILES}), TARGETS) is model
+    assert set(model.tags_) == {"SMILES", "QED"}
+    assert model.tags_["QED"].vectors.shape == (10, 64)
+    assert model.n_features_in_ == 1 and list(model.feature_names_in_) == ["Drug"]
+    assert [record["epoch"] for record in model.history_] == [1, 2]
+
+
+def test_init_stores_parameters_unchanged():
+    domains = {"Drug": "SMILES"}
+    model = TagLLMRegressor(domains, "QED", lr=0.01)
+    assert model.domains is domains and model.get_params()["lr"] == 0.01
+
+
+def test_clone_of_a_fitted_estimator_is_unfitted_with_equal_params():
+    model = QEDRegressor(lr=0.002, **FAST).fit(SMILES, TARGETS)
+    copy = clone(model)
+    assert copy.get_params() == model.get_params()
+    assert not hasattr(copy, "tags_")
+
+
+def test_presets_expose_their_defaults_as_parameters():
+    params = QEDRegressor().get_params()
+    assert params["domains"] == {"Drug": "SMILES"} and params["function_tag"] == "QED"
+    assert QEDRegressor().set_params(lr=0.5).lr == 0.5
+    with pytest.raises(TypeError, match="unexpected parameters"):
+        QEDRegressor(learning_rate=0.1)
+
+
+def test_seeded_fits_predict_identically():
+    first = QEDRegressor(random_state=3, **FAST).fit(SMILES, TARGETS).predict(SMILES)
+    second = QEDRegressor(random_state=3, **FAST).fit(SMILES, TARGETS).predict(SMILES)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_warm_start_continues_training():
+    model = QEDRegressor(warm_start=True, **FAST).fit(SMILES, TARGETS)
+    before = model.tags_["QED"].vectors.clone()
+    model.fit(SMILES, TARGETS)
+    assert [record["epoch"] for record in model.history_] == [1, 2, 3, 4]
+    assert not np.array_equal(before.numpy(), model.tags_["QED"].vectors.numpy())
+
+
+def test_classifier_predicts_seen_labels_and_probabilities():
+    labels = np.array(["small", "big"] * 6)
+    model = TagLLMClassifier({"Drug": "SMILES"}, "Size", **FAST).fit(pd.DataFrame({"Drug": SMILES}), labels)
+    probabilities = model.predict_proba(pd.DataFrame({"Drug": SMILES[:3]}))
+    assert list(model.classes_) == ["big", "small"]
+    assert probabilities.shape == (3, 2) and np.allclose(probabilities.sum(axis=1), 1)
+    assert set(model.predict(pd.DataFrame({"Drug": SMILES}))) <= {"big", "small"}
+
+
+def test_pipeline_and_cross_val_score_in_parallel():
+    pipeline = Pipeline([
+        ("strip", FunctionTransformer(lambda frame: frame.apply(lambda column: column.str.strip()))),
+        ("model", QEDRegressor(**FAST)),
+    ])
+    X = pd.DataFrame({"Drug": [f" {s} " for s in SMILES]})
+    scores = cross_val_score(pipeline, X, TARGETS, cv=KFold(3), n_jobs=2, scoring="neg_mean_squared_error")
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def test_grid_search_over_tag_length_and_learning_rate():
+    search = GridSearchCV(QEDRegressor(**FAST), {"tag_length": [2, 4], "lr": [1e-3, 1e-2]}, cv=2,
+                          scoring="neg_mean_squared_error")
+    search.fit(pd.DataFrame({"Drug": SMILES}), TARGETS)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_estimator_.tags_["QED"].length == search.best_params_["tag_length"]
+
+
+def test_pickle_holds_no_backbone_weights_and_predicts_identically():
+    model = QEDRegressor(**FAST).fit(SMILES, TARGETS)
+    expected = model.predict(SMILES)
+    payload = pickle.dumps(model)
+    assert len(payload) < 1_000_000
+    np.testing.assert_array_equal(pickle.loads(payload).predict(SMILES), expected)
+
+
+def test_joblib_round_trip_in_a_fresh_process(tmp_path):
+    model = QEDRegressor(**FAST).fit(SMILES, TARGETS)
+    joblib.dump(model, tmp_path / "model.joblib")
+    script = (
+        "import joblib, json, sys; "
+        f"model = joblib.load({str(tmp_path / 'model.joblib')!r}); "
+        f"print(json.dumps(model.predict({SMILES!r}).tolist()))"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    np.testing.assert_array_equal(np.array(json.loads(output)), model.predict(SMILES))
+
+
+def test_folder_round_trip_is_exact_and_pickle_free(tmp_path):
+    model = TagLLMRegressor({"Drug": "SMILES"}, "QED", **FAST).fit(pd.DataFrame({"Drug": SMILES}), TARGETS)
+    model.save(tmp_path / "model")
+    files = sorted(str(p.relative_to(tmp_path / "model")) for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert files == ["estimator.json", "head.safetensors", "tags/manifest.json", "tags/tags.safetensors"]
+    loaded = TagLLMRegressor.load(tmp_path / "model")
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.predict(pd.DataFrame({"Drug": SMILES})), model.predict(pd.DataFrame({"Drug": SMILES})))
+
+
+def test_loading_refuses_a_corrupted_head_and_a_newer_format(tmp_path):
+    folder = QEDRegressor(**FAST).fit(SMILES, TARGETS).save(tmp_path / "model")
+    config = json.loads((folder / "estimator.json").read_text())
+    (folder / "estimator.json").write_text(json.dumps(config | {"format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99"):
+        QEDRegressor.load(folder)
+    (folder / "estimator.json").write_text(json.dumps(config))
+    head = (folder / "head.safetensors").read_bytes()
+    (folder / "head.safetensors").write_bytes(head[:-4] + b"\x00\x00\x00\x01")
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        QEDRegressor.load(folder)
+
+
+def test_load_checks_the_estimator_class(tmp_path):
+    folder = QEDRegressor(**FAST).fit(SMILES, TARGETS).save(tmp_path / "model")
+    assert isinstance(TagLLMRegressor.load(folder), QEDRegressor)
+    with pytest.raises(TypeError, match="holds a QEDRegressor, not a TagLLMClassifier"):
+        TagLLMClassifier.load(folder)
+
+
+def test_arrays_of_strings_are_read_in_field_order():
+    model = QEDRegressor(**FAST).fit(np.array(SMILES)[:, None], TARGETS)
+    assert model.predict(np.array([["CCO"]])).shape == (1,)
+    with pytest.raises(ValueError, match="X has 2 features, but QEDRegressor is expecting 1 features as input."):
+        model.predict(np.array([["CCO", "CCN"]]))
+
+
+def test_prompts_longer_than_max_length_are_refused_with_their_rows():
+    model = QEDRegressor(max_length=50, **FAST)
+    with pytest.raises(ValueError, match=r"1 prompts are longer than the limit of 50 tokens: rows 1 \("):
+        model.fit(["CCO", "C" * 60], [0.1, 0.2])
