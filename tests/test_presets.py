@@ -1,0 +1,90 @@
+"""Each task preset fits and predicts on a slice of the shared data with the tiny backbone."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from Bio import SeqIO
+
+import chemtag.estimators._base as estimator_base
+from chemtag import BindingAffinityRegressor, DrugComboRegressor, ProteinDescriptorRegressor, QEDRegressor
+from chemtag.descriptors import protein_descriptor, qed
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
+
+
+def _proteins(n: int) -> list[str]:
+    with gzip.open(DATA / "proteins.fasta.gz", "rt") as handle:
+        sequences = [str(record.seq) for record in SeqIO.parse(handle, "fasta")]
+    return [s for s in sequences if len(s) < 300][:n]
+
+
+def test_qed_regressor_on_moses_smiles_with_rdkit_labels():
+    smiles = pd.read_csv(DATA / "smiles_moses_100k.txt.gz", header=None, nrows=24)[0].tolist()
+    model = QEDRegressor(**FAST).fit(pd.DataFrame({"Drug": smiles[:16]}), qed(smiles[:16]))
+    predictions = model.predict(smiles[16:])
+    assert predictions.shape == (8,) and np.isfinite(predictions).all()
+
+
+def test_protein_descriptor_regressor_on_the_protein_corpus():
+    sequences = _proteins(12)
+    model = ProteinDescriptorRegressor(**FAST).fit(sequences[:8], protein_descriptor(sequences[:8]))
+    assert np.isfinite(model.predict(pd.DataFrame({"Target": sequences[8:]}))).all()
+
+
+def test_binding_affinity_regressor_on_a_davis_slice_with_tdc_columns():
+    davis = pd.read_csv(DATA / "davis.csv.gz", nrows=400)
+    davis = davis[davis["Target"].str.len() < 400].head(12)
+    model = BindingAffinityRegressor(**FAST).fit(davis, davis["Y"])
+    assert model.fields_ == {"Target": "Protein", "Drug": "SMILES"}
+    assert np.isfinite(model.predict(davis)).all()
+
+
+def test_binding_affinity_regressor_reads_renamed_columns_and_arrays():
+    davis = pd.read_csv(DATA / "davis.csv.gz", nrows=400)
+    davis = davis[davis["Target"].str.len() < 400].head(6)
+    renamed = davis.rename(columns={"Drug": "smiles", "Target": "sequence"})
+    model = BindingAffinityRegressor(columns={"Drug": "smiles", "Target": "sequence"}, **FAST).fit(renamed, davis["Y"])
+    by_array = BindingAffinityRegressor(**FAST).fit(davis[["Target", "Drug"]].to_numpy(), davis["Y"])
+    np.testing.assert_allclose(model.predict(renamed), by_array.predict(davis[["Target", "Drug"]].to_numpy()))
+
+
+@pytest.mark.parametrize("pair_order", ["average", "augment", "as_given"])
+def test_drug_combo_regressor_on_an_oneil_slice(pair_order):
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=12)
+    model = DrugComboRegressor(pair_order=pair_order, **FAST).fit(oneil, oneil["Y"])
+    assert np.isfinite(model.predict(oneil)).all()
+
+
+def test_drug_combo_average_is_symmetric_in_the_drug_pair():
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=12)
+    swapped = oneil.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})
+    model = DrugComboRegressor(**FAST).fit(oneil, oneil["Y"])
+    np.testing.assert_allclose(model.predict(oneil), model.predict(swapped), rtol=1e-6)
+    as_given = DrugComboRegressor(pair_order="as_given", **FAST).fit(oneil, oneil["Y"])
+    assert not np.allclose(as_given.predict(oneil), as_given.predict(swapped))
+
+
+def test_drug_combo_augment_trains_on_both_orders(monkeypatch):
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=10)
+    seen, original_train = [], estimator_base.train
+
+    def recording_train(model, prompts, *args, **kwargs):
+        seen.append(len(prompts))
+        return original_train(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(estimator_base, "train", recording_train)
+    DrugComboRegressor(pair_order="augment", **FAST).fit(oneil, oneil["Y"])
+    DrugComboRegressor(pair_order="average", **FAST).fit(oneil, oneil["Y"])
+    assert seen == [20, 10]
+
+
+def test_drug_combo_refuses_an_unknown_pair_order():
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=4)
+    with pytest.raises(ValueError, match="pair_order must be one of"):
+        DrugComboRegressor(pair_order="sorted", **FAST).fit(oneil, oneil["Y"])
