@@ -183,7 +183,10 @@ class TemplateEncoder:
         missing = set(self.template.fields) - set(values)
         if missing:
             raise ValueError(f"No values given for template fields {sorted(missing)}.")
-        n = len(next(iter(values.values()))) if values else 1
+        counts = {name: len(values[name]) for name in self.template.fields}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"Every template field needs one value per prompt; got {counts} values.")
+        n = next(iter(counts.values()), 1)
         field_ids = {}
         for field in (p for p in self.template.parts if isinstance(p, Field)):
             texts = [field.prefix + str(v) for v in values[field.name]]
