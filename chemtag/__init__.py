@@ -4,9 +4,11 @@ from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.estimators import (
     BindingAffinityRegressor,
     DrugComboRegressor,
+    MoleculeTranslator,
     ProteinDescriptorRegressor,
     QEDRegressor,
     TagLLMClassifier,
+    TagLLMGenerator,
     TagLLMRegressor,
 )
 from chemtag.tags import Tag, TagLibrary
@@ -19,4 +21,5 @@ __all__ = [
     "DEFAULT_BACKBONE", "Backbone", "load_backbone", "Tag", "TagLibrary", "Template", "InvalidInputError",
     "TagLLMRegressor", "TagLLMClassifier", "QEDRegressor", "ProteinDescriptorRegressor",
     "BindingAffinityRegressor", "DrugComboRegressor",
+    "TagLLMGenerator", "MoleculeTranslator",
 ]

@@ -1,4 +1,4 @@
-"""``chemtag fit | predict | demo``: the estimators for people who do not write Python."""
+"""``chemtag fit | predict | pretrain | demo``: the estimators for people who do not write Python."""
 
 from __future__ import annotations
 
@@ -60,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--on-invalid", choices=("raise", "nan"), default=None,
                          help="invalid rows: stop with an error, or predict NaN for them")
 
+    pretrain = commands.add_parser("pretrain", help="stage 1: train a domain tag on unlabelled text into a tag library")
+    pretrain.add_argument("corpus", help="one text a line (.txt, .txt.gz) or FASTA (.fasta, .fa, optionally .gz)")
+    pretrain.add_argument("--domain", required=True, choices=("SMILES", "Protein"), help="the domain tag to train")
+    pretrain.add_argument("-o", "--output", required=True, help="tag library folder (created, or extended)")
+    pretrain.add_argument("--backbone", default="smollm2-135m")
+    pretrain.add_argument("--steps", type=int, default=500)
+    pretrain.add_argument("--batch-size", type=int, default=16)
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--max-tokens", type=int, default=128, help="text tokens kept per entry")
+    pretrain.add_argument("--tag-length", type=int, default=10)
+    pretrain.add_argument("--validation", type=int, default=200, help="entries held out to measure the loss")
+    pretrain.add_argument("--limit", type=int, default=None, help="use at most this many training entries")
+    pretrain.add_argument("--spaced", action="store_true", help="write protein residues space-separated")
+    pretrain.add_argument("--bf16", action="store_true")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--device", default="cpu", help="e.g. cpu or cuda (with --distributed: cpu or not)")
+    pretrain.add_argument("--distributed", action="store_true",
+                          help="data-parallel over the processes of `accelerate launch` (gradients averaged)")
+
     demo = commands.add_parser("demo", help="fit a QED regressor on bundled SMILES with the default backbone")
     demo.add_argument("--n-train", type=int, default=200)
     demo.add_argument("--max-epochs", type=int, default=3)
@@ -103,6 +122,28 @@ def _predict(args) -> None:
     print(f"wrote {len(table)} predictions to {args.output} ({int(table['prediction'].isna().sum())} NaN)")
 
 
+def _pretrain(args) -> None:
+    from accelerate import Accelerator
+
+    from chemtag.backbones import load_backbone
+    from chemtag.protocol import pretrain_into_library
+
+    accelerator = Accelerator(cpu=args.device == "cpu") if args.distributed else None
+    device = accelerator.device if accelerator else args.device
+    measured = pretrain_into_library(
+        load_backbone(args.backbone, device=device), args.corpus, args.domain, args.output, limit=args.limit,
+        accelerator=accelerator,
+        validation=args.validation, spaced=args.spaced, tag_length=args.tag_length, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens, bf16=args.bf16, random_state=args.seed,
+    )
+    if accelerator is not None:
+        accelerator.end_training()  # leave the process group cleanly before exit
+    if not measured:  # a non-main process of a distributed run
+        return
+    losses = ", ".join(f"{name} {value:.4f}" for name, value in measured.items())
+    print(f"<{args.domain}> written to {args.output}; held-out next-token loss (nats/token): {losses}")
+
+
 def _demo(args) -> None:
     from chemtag.demo import run_demo
 
@@ -116,7 +157,7 @@ def _demo(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"fit": _fit, "predict": _predict, "demo": _demo}[args.command](args)
+        {"fit": _fit, "predict": _predict, "pretrain": _pretrain, "demo": _demo}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"chemtag {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -5,19 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from chemtag.validation import canonical_smiles, normalised_protein, plain_text
+from chemtag.representations import CANONICAL, MAX_LENGTHS
+from chemtag.validation import MAX_SMILES_LENGTH, canonical_smiles, normalised_protein, plain_text
 
 
 @dataclass(frozen=True)
 class Domain:
     """A kind of input. ``tag`` is the domain tag written before it (``None`` for plain text);
     ``normalise`` returns the canonical text or ``None`` for an invalid value; ``hint`` says what
-    valid values look like."""
+    valid values look like; text longer than ``max_length`` characters is refused unparsed."""
 
     name: str
     tag: str | None
     normalise: Callable[[object], str | None]
     hint: str = ""
+    max_length: int | None = None
 
 
 def _protein(alphabet: str) -> Callable[[object], str | None]:
@@ -25,10 +27,17 @@ def _protein(alphabet: str) -> Callable[[object], str | None]:
 
 
 DOMAINS: dict[str, Domain] = {
-    "SMILES": Domain("SMILES", "SMILES", canonical_smiles, "RDKit could not parse them. "),
+    "SMILES": Domain("SMILES", "SMILES", canonical_smiles, "RDKit could not parse them. ", MAX_SMILES_LENGTH),
     "Protein": Domain("Protein", "Protein", _protein("standard"),
                       "Sequences must use the 20 standard amino-acid letters (protein_alphabet='extended' also allows BZJUOX). "),
     "Text": Domain("Text", None, plain_text, "Values must be non-empty, and numbers finite (no NaN or inf). "),
+    "SELFIES": Domain("SELFIES", "SELFIES", CANONICAL["SELFIES"], "They do not decode to a molecule RDKit can parse. ",
+                      MAX_LENGTHS["SELFIES"]),
+    "InChI": Domain("InChI", "InChI", CANONICAL["InChI"], "RDKit could not read them as InChI ('InChI=1S/...'). ",
+                    MAX_LENGTHS["InChI"]),
+    "Formula": Domain("Formula", "Formula", CANONICAL["Formula"],
+                      "Formulas are element symbols with counts and an optional charge, e.g. 'C9H8O4' or 'C2H3O2-'. ",
+                      MAX_LENGTHS["Formula"]),
 }
 
 

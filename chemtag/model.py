@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -10,34 +11,56 @@ import torch
 from torch import nn
 
 from chemtag.backbones import Backbone
+from chemtag.prefix_attention import PrefixKV, prefix_attention
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts
+
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def pad_rows(rows: Sequence[np.ndarray], fill, dtype=np.int64) -> np.ndarray:
+    """Ragged 1-D arrays right-padded with ``fill`` into one ``(len(rows), max length)`` array."""
+    padded = np.full((len(rows), max((len(r) for r in rows), default=0)), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        padded[i, :len(row)] = row
+    return padded
+
+
+def autocast(model: "TaggedModel", enabled: bool):
+    """bfloat16 autocast on the backbone's device, or nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.backbone.device.type, dtype=torch.bfloat16)
 
 
 @dataclass
 class Batch:
-    """Right-padded prompts as tensors: ``(B, L)`` ids, tag slots, segments, mask; ``(B,)`` readout."""
+    """Right-padded prompts as tensors: ``(B, L)`` ids, tag slots, segments, mask; ``(B,)`` readout.
+
+    A batch may continue cached prompt prefixes: ``prefix`` holds their keys/values, the batch's tokens
+    follow them (token ``j`` of row ``b`` is token ``prefix.lengths[b] + j`` of its prompt) and
+    ``positions`` ``(B, L)`` gives their position ids. Without a prefix, positions follow
+    :meth:`TaggedModel.position_ids`.
+    """
 
     input_ids: torch.Tensor
     tag_slots: torch.Tensor
     segments: torch.Tensor
     attention_mask: torch.Tensor
     readout: torch.Tensor
+    positions: torch.Tensor | None = None
+    prefix: PrefixKV | None = None
 
     @classmethod
     def collate(cls, prompts: EncodedPrompts, indices: Sequence[int], pad_id: int, device) -> "Batch":
-        lengths = [len(prompts.input_ids[i]) for i in indices]
-        width = max(lengths)
-        shape = (len(indices), width)
-        ids, slots, segments = np.full(shape, pad_id), np.full(shape, -1), np.zeros(shape, dtype=np.int64)
-        mask = np.zeros(shape, dtype=bool)
-        for row, (i, length) in enumerate(zip(indices, lengths)):
-            ids[row, :length] = prompts.input_ids[i]
-            slots[row, :length] = prompts.tag_slots[i]
-            segments[row, :length] = prompts.segments[i]
-            mask[row, :length] = True
         to = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-        return cls(to(ids), to(slots), to(segments), to(mask), to(prompts.readout[list(indices)]))
+        mask = pad_rows([np.ones(len(prompts.input_ids[i]), dtype=bool) for i in indices], False, bool)
+        return cls(
+            to(pad_rows([prompts.input_ids[i] for i in indices], pad_id)),
+            to(pad_rows([prompts.tag_slots[i] for i in indices], -1)),
+            to(pad_rows([prompts.segments[i] for i in indices], 0)),
+            to(mask), to(prompts.readout[list(indices)]),
+        )
 
 
 class TaggedModel(nn.Module):
@@ -52,7 +75,9 @@ class TaggedModel(nn.Module):
     tags : tags in the order of the stacked tag table the encoder indexes into; all of one length.
     head : maps the ``(B, d)`` float32 readout state to predictions, e.g. ``nn.Linear(d, 1)``.
     trainable : names of the tags to train; the others are frozen buffers of the model.
-    isolate_segments : each domain segment attends only to itself (Tag-LLM's regression layout).
+    isolate_segments : each domain segment attends only to itself and takes its positions as if it
+        followed the shared text before it directly (see :meth:`position_ids`), so that its hidden
+        states depend on its own text only (Tag-LLM's regression layout).
     """
 
     def __init__(self, backbone: Backbone, tags: Sequence[Tag], head: nn.Module, trainable: Sequence[str],
@@ -63,7 +88,6 @@ class TaggedModel(nn.Module):
             raise ValueError(f"All tags of a model must have one length, got {sorted(lengths)}.")
         self.backbone = backbone
         self.tag_names = [tag.name for tag in tags]
-        self.tag_kinds = {tag.name: tag.kind for tag in tags}
         self.tag_kinds = {tag.name: tag.kind for tag in tags}
         self.tag_length = lengths.pop()
         self.tag_vectors = nn.ParameterDict({
@@ -80,16 +104,21 @@ class TaggedModel(nn.Module):
             for name in self.tag_names
         }
 
-    def export_tags(self) -> dict[str, Tag]:
-        """Detached CPU copies of the current tags, in table order."""
-        return {
-            name: Tag(name, self.tag_kinds[name], self.tag_vectors[name].detach().cpu().clone())
-            for name in self.tag_names
-        }
-
     def tag_table(self) -> torch.Tensor:
         """All tag vectors stacked in encoder order: ``(n_tags * p, d)``."""
         return torch.cat([self.tag_vectors[name] for name in self.tag_names])
+
+    def function_tag_rows(self) -> np.ndarray:
+        """Rows of the stacked tag table that hold function tags."""
+        return np.concatenate([
+            i * self.tag_length + np.arange(self.tag_length)
+            for i, name in enumerate(self.tag_names) if self.tag_kinds[name] == "function"
+        ] or [np.empty(0, dtype=np.int64)])
+
+    @property
+    def prefix_is_frozen(self) -> bool:
+        """Whether every tag other than the function tags is frozen, so a prompt's prefix is a constant."""
+        return not any(self.tag_vectors[n].requires_grad for n in self.tag_names if self.tag_kinds[n] != "function")
 
     def input_embeddings(self, batch: Batch) -> torch.Tensor:
         """Vocabulary embeddings with tag rows spliced in: ``(B, L, d)``."""
@@ -98,28 +127,78 @@ class TaggedModel(nn.Module):
         is_tag = (batch.tag_slots >= 0).unsqueeze(-1)
         return torch.where(is_tag, table[batch.tag_slots.clamp_min(0)], embeds)
 
+    def position_ids(self, segments: torch.Tensor) -> torch.Tensor:
+        """Position ids of whole prompts ``(B, L)`` from their segments ``(B, L)``.
+
+        The token index; with isolated segments, a domain segment's tokens are numbered as if the
+        other domain segments were removed from the prompt, so a segment's positions depend on the
+        shared text before it and never on the length of another segment.
+        """
+        index = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+        if not self.isolate_segments:
+            return index
+        positions = index.clone()
+        for segment in segments.unique().tolist():
+            if segment:
+                own_or_shared = (segments == 0) | (segments == segment)
+                positions = torch.where(segments == segment, own_or_shared.cumsum(dim=1) - 1, positions)
+        return positions
+
+    def visible(self, query_index: torch.Tensor, query_segments: torch.Tensor, key_index: torch.Tensor,
+                key_segments: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        """Which keys each query sees, ``(B, Lq, Lk)`` bool, from prompt indices and segments.
+
+        Causal over the prompt; with isolated segments, a domain-segment token sees only its segment.
+        """
+        allowed = (key_index[:, None, :] <= query_index[:, :, None]) & key_valid[:, None, :]
+        if self.isolate_segments:
+            query_segments = query_segments[:, :, None]
+            allowed &= (query_segments == 0) | (query_segments == key_segments[:, None, :])
+        return allowed
+
     def attention_mask(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
         """The 2-D padding mask, or with isolated segments a ``(B, 1, L, L)`` additive mask."""
         if not self.isolate_segments:
             return batch.attention_mask.long()
         length = batch.input_ids.shape[1]
-        position = torch.arange(length, device=batch.input_ids.device)
-        causal = position[:, None] >= position[None, :]
-        query_segment, key_segment = batch.segments[:, :, None], batch.segments[:, None, :]
-        visible = (query_segment == 0) | (query_segment == key_segment)
-        allowed = causal & visible & batch.attention_mask[:, None, :]
+        index = torch.arange(length, device=batch.input_ids.device).expand_as(batch.input_ids)
+        allowed = self.visible(index, batch.segments, index, batch.segments, batch.attention_mask)
         allowed |= torch.eye(length, dtype=torch.bool, device=allowed.device)  # no empty rows at padding
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
+    def prefix_attention_mask(self, batch: Batch) -> torch.Tensor:
+        """``(B, 1, L, Lc + L)`` bool: which cached prefix tokens and batch tokens each batch token sees."""
+        prefix, length = batch.prefix, batch.input_ids.shape[1]
+        cached = torch.arange(prefix.valid.shape[1], device=prefix.valid.device).expand_as(prefix.valid)
+        index = prefix.lengths[:, None] + torch.arange(length, device=cached.device)
+        allowed = self.visible(index, batch.segments, torch.cat([cached, index], dim=1),
+                               torch.cat([prefix.segments, batch.segments], dim=1),
+                               torch.cat([prefix.valid, batch.attention_mask], dim=1))
+        allowed[:, :, cached.shape[1]:] |= torch.eye(length, dtype=torch.bool, device=allowed.device)
+        return allowed.unsqueeze(1)
+
+    def hidden_states(self, batch: Batch, keep_kv: bool = False) -> tuple[torch.Tensor, KeysValues | None]:
+        """Final hidden states ``(B, L, d)`` of the batch's tokens; with ``keep_kv`` also their keys
+        and values, one ``(B, kv_heads, L, head_dim)`` pair per layer."""
+        embeds = self.input_embeddings(batch)
+        positions = batch.positions if batch.positions is not None else self.position_ids(batch.segments)
+        model = self.backbone.model
+        if batch.prefix is None:
+            outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.attention_mask(batch, embeds.dtype),
+                                       position_ids=positions, use_cache=keep_kv)
+        else:
+            with prefix_attention(model):
+                outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.prefix_attention_mask(batch),
+                                           position_ids=positions, use_cache=keep_kv, chemtag_prefix=batch.prefix)
+        kv = [(layer.keys, layer.values) for layer in outputs.cache.layers] if keep_kv else None
+        return outputs.last_hidden_state, kv
+
     def readout_states(self, batch: Batch) -> torch.Tensor:
         """Final hidden state at each prompt's last function-tag vector: ``(B, d)`` float32."""
-        embeds = self.input_embeddings(batch)
-        outputs = self.backbone.model.base_model(
-            inputs_embeds=embeds, attention_mask=self.attention_mask(batch, embeds.dtype), use_cache=False,
-        )
-        rows = torch.arange(len(batch.readout), device=embeds.device)
-        return outputs.last_hidden_state[rows, batch.readout].float()
+        hidden, _ = self.hidden_states(batch)
+        rows = torch.arange(len(batch.readout), device=hidden.device)
+        return hidden[rows, batch.readout].float()
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head(self.readout_states(batch))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from chemtag.tags import TagLibrary, _sha256
+from chemtag.tags import TagLibrary, file_sha256
 
 FORMAT_VERSION = 1
 _CONFIG_FILE = "estimator.json"
@@ -48,7 +48,7 @@ def save_estimator(estimator, folder: str | Path) -> Path:
         "class": type(estimator).__name__,
         "params": params,
         "fitted": fitted,
-        "head_sha256": _sha256(folder / _HEAD_FILE),
+        "head_sha256": file_sha256(folder / _HEAD_FILE),
     }
     (folder / _CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return folder
@@ -71,7 +71,7 @@ def load_estimator(folder: str | Path, expected_class: type | None = None):
         raise ValueError(f"{config_path} names an unknown estimator class {config.get('class')!r}.")
     if expected_class is not None and not issubclass(cls, expected_class):
         raise TypeError(f"{folder} holds a {cls.__name__}, not a {expected_class.__name__}.")
-    if _sha256(folder / _HEAD_FILE) != config["head_sha256"]:
+    if file_sha256(folder / _HEAD_FILE) != config["head_sha256"]:
         raise ValueError(f"{folder / _HEAD_FILE} does not match its checksum: the file is corrupted.")
     estimator = cls(**config["params"])
     fitted = config["fitted"]

@@ -98,7 +98,7 @@ class TagLibrary:
         manifest = {
             "format_version": FORMAT_VERSION,
             "backbone": self.fingerprint,
-            "tensors_sha256": _sha256(folder / _TENSORS_FILE),
+            "tensors_sha256": file_sha256(folder / _TENSORS_FILE),
             "tags": {
                 name: {"kind": tag.kind, "length": tag.length, "width": tag.vectors.shape[1],
                        "provenance": tag.provenance}
@@ -126,7 +126,7 @@ class TagLibrary:
             expected = backbone.fingerprint if isinstance(backbone, Backbone) else backbone
             check_fingerprint(manifest["backbone"], expected, source=str(folder))
         tensors_path = folder / _TENSORS_FILE
-        if _sha256(tensors_path) != manifest["tensors_sha256"]:
+        if file_sha256(tensors_path) != manifest["tensors_sha256"]:
             raise ValueError(f"{tensors_path} does not match the checksum in its manifest: the file is corrupted.")
         tensors = load_file(tensors_path)
         tags = {
@@ -147,7 +147,7 @@ def check_fingerprint(recorded: dict, expected: dict, source: str) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

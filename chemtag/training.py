@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chemtag.model import Batch, TaggedModel
+from chemtag.model import Batch, TaggedModel, autocast
+from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES, PrefixCache, PrefixCacheTooLarge
 from chemtag.templates import EncodedPrompts
 
 logger = logging.getLogger(__name__)
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batcher = Callable[[Sequence[int]], Batch]
 
 
 @dataclass
@@ -29,6 +30,9 @@ class TrainingConfig:
     ``lr`` is AdamW's learning rate; ``validation_fraction`` of the rows (0 for none) is held out for
     early stopping after ``patience`` epochs without improvement, and the best epoch's weights are
     restored. ``bf16`` runs the backbone under bfloat16 autocast with float32 master weights.
+    ``prefix_cache`` computes the keys/values of every prompt's frozen prefix once per fit when only
+    function tags train (exact; see :mod:`chemtag.prefix_cache`), holding up to
+    ``cache_memory_bytes`` in memory and the rest in a temporary memory-mapped file.
     """
 
     max_epochs: int = 20
@@ -40,6 +44,8 @@ class TrainingConfig:
     bf16: bool = False
     verbose: int = 1
     random_state: int | None = 0
+    prefix_cache: bool = True
+    cache_memory_bytes: int = DEFAULT_MEMORY_BYTES
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -54,13 +60,6 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def autocast(model: TaggedModel, enabled: bool):
-    """bfloat16 autocast on the backbone's device, or nothing."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=model.backbone.device.type, dtype=torch.bfloat16)
-
-
 def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: LossFunction,
           config: TrainingConfig, history: list[dict] | None = None) -> list[dict]:
     """Train the model's trainable tags and head in place; return the history (one dict per epoch).
@@ -73,9 +72,12 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     train_rows, valid_rows = _split(len(prompts), config.validation_fraction, rng)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    pad_id = model.backbone.tokenizer.pad_token_id
-    device = model.backbone.device
-    targets = targets.to(device)
+    cache = None
+    if config.prefix_cache and model.prefix_is_frozen:
+        cache = _computed(PrefixCache(model, prompts), config.batch_size, config.bf16, config.cache_memory_bytes,
+                          config.verbose)
+    batcher = _batcher(model, prompts, cache)
+    targets = targets.to(model.backbone.device)
     lengths = prompts.lengths
 
     best_loss, best_state, stale = math.inf, None, 0
@@ -91,9 +93,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                 progress = tqdm(batches, desc=f"epoch {epoch}", disable=config.verbose <= 0, leave=config.verbose > 1)
                 for batch_rows in progress:
                     rows = train_rows[batch_rows]
-                    batch = Batch.collate(prompts, rows, pad_id, device)
                     with autocast(model, config.bf16):
-                        loss = loss_fn(model(batch), targets[rows])
+                        loss = loss_fn(model(batcher(rows)), targets[rows])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -102,7 +103,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                     progress.set_postfix(loss=f"{total / seen:.4f}")
                 record = {"epoch": epoch, "train_loss": total / seen}
                 if len(valid_rows):
-                    outputs = predict(model, prompts.subset(valid_rows), config.batch_size, config.bf16)
+                    outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16)
                     record["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
                 monitored = record.get("valid_loss", record["train_loss"])
                 record["best"] = monitored < best_loss
@@ -126,6 +127,27 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     return history
 
 
+def _computed(cache: PrefixCache, batch_size: int, bf16: bool, memory_bytes: int, verbose: int) -> PrefixCache | None:
+    """``cache`` with its keys/values computed, or None (with a warning) where they fit neither memory nor disk."""
+    started = time.perf_counter()
+    try:
+        cache.compute(batch_size, bf16, memory_bytes, verbose=verbose)
+    except PrefixCacheTooLarge as error:
+        logger.warning("%s Running without the prefix cache.", error)
+        return None
+    if verbose > 0:
+        tqdm.write(f"prefix cache: {cache.describe()} in {time.perf_counter() - started:.1f}s")
+    return cache
+
+
+def _batcher(model: TaggedModel, prompts: EncodedPrompts, cache: PrefixCache | None) -> Batcher:
+    """Rows of ``prompts`` -> a batch: their function tags after cached prefixes, or whole prompts."""
+    if cache is not None:
+        return cache.batch
+    pad_id, device = model.backbone.tokenizer.pad_token_id, model.backbone.device
+    return lambda rows: Batch.collate(prompts, rows, pad_id, device)
+
+
 def _split(n: int, validation_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     rows = rng.permutation(n)
     n_valid = int(round(n * validation_fraction)) if validation_fraction else 0
@@ -146,16 +168,33 @@ def _describe(record: dict) -> str:
 
 @torch.no_grad()
 def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: bool = False,
-            verbose: int = 0) -> torch.Tensor:
-    """Head outputs for every prompt, ``(n, k)`` float32 on the CPU, in the prompts' order."""
+            verbose: int = 0, prefix_cache: bool | None = None,
+            cache_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> torch.Tensor:
+    """Head outputs for every prompt, ``(n, k)`` float32 on the CPU, in the prompts' order.
+
+    ``prefix_cache`` runs the function tags against a :class:`~chemtag.prefix_cache.PrefixCache`
+    (same outputs); ``None`` uses one when prompts share enough of their prefixes that the distinct
+    pieces hold at most three quarters of all prefix tokens (isolated segments that repeat).
+    """
+    cache = PrefixCache(model, prompts) if prefix_cache is not False else None
+    if prefix_cache is None and cache.cached_tokens > 0.75 * cache.prefix_tokens:
+        cache = None
+    if cache is not None:
+        cache = _computed(cache, batch_size, bf16, cache_memory_bytes, verbose)
+    rows = np.arange(len(prompts))
+    return _outputs(model, _batcher(model, prompts, cache), rows, prompts.lengths, batch_size, bf16, verbose)
+
+
+@torch.no_grad()
+def _outputs(model: TaggedModel, batcher: Batcher, rows: np.ndarray, lengths: np.ndarray, batch_size: int,
+             bf16: bool, verbose: int = 0) -> torch.Tensor:
+    """Head outputs ``(len(rows), k)`` float32 on the CPU for prompts ``rows``, in that order."""
     model.eval()
-    pad_id = model.backbone.tokenizer.pad_token_id
-    order = np.argsort(prompts.lengths, kind="stable")
+    order = np.argsort(lengths[rows], kind="stable")
     outputs = []
     for start in tqdm(range(0, len(order), batch_size), desc="predict", disable=verbose <= 0, leave=False):
-        batch = Batch.collate(prompts, order[start:start + batch_size], pad_id, model.backbone.device)
         with autocast(model, bf16):
-            outputs.append(model(batch).float().cpu())
+            outputs.append(model(batcher(rows[order[start:start + batch_size]])).float().cpu())
     result = torch.cat(outputs)
     unsorted = torch.empty_like(result)
     unsorted[torch.as_tensor(order)] = result

@@ -7,10 +7,13 @@ or, when the user chose ``on_invalid="nan"``, are reported by position so their 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
+from decimal import Decimal
 from typing import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 from rdkit import Chem, RDLogger
 from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets
@@ -20,7 +23,12 @@ STANDARD_AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWY")
 EXTENDED_AMINO_ACIDS = STANDARD_AMINO_ACIDS | frozenset("BZJUOX")
 PROTEIN_ALPHABETS = {"standard": STANDARD_AMINO_ACIDS, "extended": EXTENDED_AMINO_ACIDS}
 ON_INVALID = ("raise", "nan")
+# Longest SMILES parsed, in characters. RDKit writes canonical SMILES recursively, one C stack frame per
+# atom: chains of about 10^4 atoms overflow an 8 MiB stack and kill the process, and its time grows faster
+# than linearly. Drug-like SMILES have under 200 characters.
+MAX_SMILES_LENGTH = 2048
 _SHOWN = 5
+_SHOWN_CHARACTERS = 60
 
 
 class InvalidInputError(ValueError):
@@ -31,16 +39,31 @@ class InvalidInputError(ValueError):
         self.rows = list(rows)
 
 
-def canonical_smiles(value: object) -> str | None:
-    """RDKit's canonical SMILES of ``value``, or ``None`` when it is not a valid SMILES string."""
+def _text(value: object) -> str | None:
+    """``value`` stripped, or ``None`` unless it is a non-empty string UTF-8 can encode (no lone surrogates)."""
     if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value.strip()
+
+
+def canonical_smiles(value: object) -> str | None:
+    """RDKit's canonical SMILES of ``value``, or ``None`` when it is not a valid SMILES string, is longer
+    than :data:`MAX_SMILES_LENGTH` characters, or cannot be written back (e.g. too many open rings)."""
+    text = _text(value)
+    if text is None or len(text) > MAX_SMILES_LENGTH:
         return None
     RDLogger.DisableLog("rdApp.*")
     try:
-        molecule = Chem.MolFromSmiles(value.strip())
+        molecule = Chem.MolFromSmiles(text)
+        return Chem.MolToSmiles(molecule) if molecule is not None else None
+    except (RuntimeError, ValueError):  # RDKit's errors while writing, e.g. "Too many rings open at once"
+        return None
     finally:
         RDLogger.EnableLog("rdApp.*")
-    return Chem.MolToSmiles(molecule) if molecule is not None else None
 
 
 def normalised_protein(value: object, alphabet: str = "standard") -> str | None:
@@ -53,18 +76,38 @@ def normalised_protein(value: object, alphabet: str = "standard") -> str | None:
     return sequence
 
 
+def is_missing(value: object) -> bool:
+    """Whether ``value`` is a missing scalar: ``None``, NaN, ``pd.NA``, ``NaT`` or a NaN ``Decimal``."""
+    if isinstance(value, Decimal):
+        return value.is_nan()  # pd.isna raises on a signalling NaN
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+
+
 def plain_text(value: object) -> str | None:
-    """``value`` as stripped text; numbers are written as they print; missing, NaN and infinite values are invalid."""
-    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
+    """``value`` as stripped text; numbers are written as they print. Missing values (see :func:`is_missing`),
+    infinite numbers and text UTF-8 cannot encode are invalid."""
+    if is_missing(value):
         return None
-    text = str(value).strip()
-    return text or None
+    if isinstance(value, (float, np.floating, Decimal)) and not math.isfinite(value):
+        return None
+    try:
+        return _text(str(value))
+    except ValueError:  # integers beyond Python's digit limit for str()
+        return None
+
+
+def _abbreviated(value: object) -> str:
+    """``repr(value)``, cut with its length in characters when longer than fits a message."""
+    text = repr(value)
+    if len(text) <= _SHOWN_CHARACTERS:
+        return text
+    return f"{text[:_SHOWN_CHARACTERS]}... of {len(value) if isinstance(value, str) else len(text)} characters"
 
 
 def report_invalid(kind: str, column: str, values: Sequence[object], rows: Sequence[int], total: int,
                    hint: str = "") -> str:
     """The message that names invalid rows, e.g. for SMILES in column 'Drug'."""
-    shown = ", ".join(f"{r} ({values[i]!r})" for i, r in enumerate(rows[:_SHOWN]))
+    shown = ", ".join(f"{r} ({_abbreviated(values[i])})" for i, r in enumerate(rows[:_SHOWN]))
     more = f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
     return (
         f"Invalid {kind} in column {column!r} at {len(rows)} of {total} rows: {shown}{more}. "
@@ -73,10 +116,14 @@ def report_invalid(kind: str, column: str, values: Sequence[object], rows: Seque
 
 
 def validated_targets(y: Iterable, n_rows: int, classification: bool = False) -> np.ndarray:
-    """``y`` as a 1-D array of ``n_rows``; regression targets must be finite numbers."""
+    """``y`` as a 1-D array of ``n_rows``: finite numbers (float64) whose mean and spread are finite for
+    regression; labels of one kind (all text or all numbers), none missing, for classification."""
     if y is None:
         raise ValueError("This estimator requires y to be passed, but the target y is None.")
-    array = np.asarray(y)
+    try:
+        array = np.asarray(y)
+    except ValueError as error:  # ragged nested sequences
+        raise ValueError(f"y must be 1-D (one target per row); it could not be read as an array: {error}") from None
     if array.ndim == 2 and array.shape[1] == 1:
         message = ("A column-vector y was passed when a 1d array was expected. Please change the shape of y to "
                    "(n_samples,), for example using ravel().")  # sklearn's wording, which its checks expect
@@ -86,15 +133,60 @@ def validated_targets(y: Iterable, n_rows: int, classification: bool = False) ->
         raise ValueError(f"y must be 1-D (one target per row), got shape {array.shape}.")
     if len(array) != n_rows:
         raise ValueError(f"X has {n_rows} rows but y has {len(array)}.")
-    if classification:
-        check_classification_targets(array)  # refuses continuous targets, NaN and infinity
-        return array
+    return _class_labels(array) if classification else _regression_targets(array)
+
+
+def _listed(rows: Sequence[int], values: Sequence[object] | None = None) -> str:
+    """``"0, 2 (values) and 3 more"``: the first rows, with their values when given."""
+    shown = [f"{r} ({_abbreviated(values[r])})" if values is not None else str(r) for r in rows[:_SHOWN]]
+    return ", ".join(shown) + (f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else "")
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a float (NaN when missing, infinite beyond float64), ``None`` when it is no real number."""
+    if is_missing(value):
+        return math.nan
+    if not isinstance(value, (numbers.Real, Decimal, np.bool_)):
+        return None
     try:
-        numbers = array.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"y must be numeric for regression, got dtype {array.dtype}.") from None
-    bad = np.flatnonzero(~np.isfinite(numbers))
+        return float(value)
+    except OverflowError:  # integers beyond float64
+        return math.inf if value > 0 else -math.inf
+
+
+def _regression_targets(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biufO":  # text, dates, complex numbers
+        raise ValueError(f"y must be numeric for regression, got dtype {array.dtype}.")
+    if array.dtype.kind == "O":
+        reals = [_real(value) for value in array]
+        text = [i for i, value in enumerate(reals) if value is None]
+        if text:
+            raise ValueError(f"y must be numeric for regression; {len(text)} rows hold other values: "
+                             f"{_listed(text, array)}. Convert them to numbers explicitly.")
+        array = np.asarray(reals, dtype=object)
+    targets = array.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(targets))
     if len(bad):
-        listed = ", ".join(str(i) for i in bad[:_SHOWN]) + (f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "")
-        raise ValueError(f"y contains NaN or infinity at {len(bad)} rows: {listed}. Remove or impute these rows before fitting.")
-    return numbers
+        raise ValueError(f"y contains NaN or infinity at {len(bad)} rows: {_listed(bad)}. "
+                         "Remove or impute these rows before fitting.")
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread_is_finite = np.isfinite(targets.mean()) and np.isfinite(targets.std())
+    if not spread_is_finite:
+        raise ValueError(f"y is too large to standardise in float64 (its largest magnitude is "
+                         f"{np.abs(targets).max():.3g}); rescale it, e.g. divide it by a power of ten.")
+    return targets
+
+
+def _class_labels(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "O":
+        missing = [i for i, value in enumerate(array) if is_missing(value)]
+        if missing:
+            raise ValueError(f"y has missing labels (None or NaN) at {len(missing)} rows: {_listed(missing)}. "
+                             "Remove these rows or label them.")
+        kinds = {"number" if isinstance(v, numbers.Real) else type(v).__name__ for v in array}
+        if len(kinds) > 1 or not kinds <= {"number", "str"}:
+            raise ValueError(f"Class labels must all be strings or all be numbers; y holds {sorted(kinds)}.")
+        if kinds == {"number"}:
+            array = np.asarray(array.tolist())
+    check_classification_targets(array)  # refuses continuous targets, NaN and infinity
+    return array

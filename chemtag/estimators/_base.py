@@ -12,6 +12,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from chemtag import pretrained
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.domains import get_domain
 from chemtag.estimators._inputs import as_frame, read_fields
@@ -43,6 +44,7 @@ class TagLLMEstimator(BaseEstimator):
         *,
         backbone: str = DEFAULT_BACKBONE,
         tag_length: int = DEFAULT_TAG_LENGTH,
+        domain_tags: str | None = "pretrained",
         tune_domain_tags: bool = False,
         isolate_segments: bool = False,
         max_epochs: int = 20,
@@ -66,6 +68,7 @@ class TagLLMEstimator(BaseEstimator):
         self.columns = columns
         self.backbone = backbone
         self.tag_length = tag_length
+        self.domain_tags = domain_tags
         self.tune_domain_tags = tune_domain_tags
         self.isolate_segments = isolate_segments
         self.max_epochs = max_epochs
@@ -265,10 +268,10 @@ class TagLLMEstimator(BaseEstimator):
             )
 
     def _new_model(self, backbone: Backbone, template: Template) -> TaggedModel:
-        domain_tags = [name for name in template.tag_names if name != template.function_tag]
-        tags = [Tag.initialise(name, "domain", backbone, self.tag_length) for name in domain_tags]
+        domain_tag_names = [name for name in template.tag_names if name != template.function_tag]
+        tags = pretrained.domain_tags(backbone, domain_tag_names, self.domain_tags, self.tag_length)
         tags.append(Tag.initialise(template.function_tag, "function", backbone, self.tag_length))
-        trainable = [template.function_tag] + (domain_tags if self.tune_domain_tags else [])
+        trainable = [template.function_tag] + (domain_tag_names if self.tune_domain_tags else [])
         head = LinearHead(backbone.hidden_size, self._head_size())
         return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments)
 

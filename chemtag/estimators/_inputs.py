@@ -49,12 +49,12 @@ def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
         raise ValueError("X has no rows: at least one row is required.")
     if frame.shape[1] == 0:
         raise ValueError(f"Found array with 0 feature(s) (shape={frame.shape}) while a minimum of 1 is required.")
-    if any(frame[column].map(lambda v: isinstance(v, complex)).any() for column in frame.columns):
-        raise ValueError("Complex data not supported: X holds complex numbers.")
-    frame.columns = [str(c) for c in frame.columns]
+    frame = frame.set_axis([str(c) for c in frame.columns], axis=1)  # a new frame: the caller's keeps its names
     if frame.columns.duplicated().any():
         duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
         raise ValueError(f"X has duplicated column names {duplicated}.")
+    if any(isinstance(value, complex) for column in frame.columns for value in frame[column].tolist()):
+        raise ValueError("Complex data not supported: X holds complex numbers.")
     return frame
 
 
@@ -81,15 +81,25 @@ def read_fields(frame: pd.DataFrame, fields: Mapping[str, str], columns: Mapping
             )
         domain = get_domain(domain_name, protein_alphabet)
         raw = frame[column].tolist()
-        normalised = [domain.normalise(value) for value in raw]
-        bad = [i for i, value in enumerate(normalised) if value is None]
-        if bad:
-            kind = domain_name if domain.tag else "values"
-            messages.append(report_invalid(kind, column, [raw[i] for i in bad], bad, len(raw), domain.hint))
-            invalid[bad] = True
+        too_long = set(_too_long(raw, domain.max_length))
+        normalised = [None if i in too_long else domain.normalise(value) for i, value in enumerate(raw)]
+        unparsed = [i for i, value in enumerate(normalised) if value is None and i not in too_long]
+        kind = domain_name if domain.tag else "values"
+        long_hint = f"{domain_name} longer than {domain.max_length} characters are not parsed. "
+        for bad, hint in ((unparsed, domain.hint), (sorted(too_long), long_hint)):
+            if bad:
+                messages.append(report_invalid(kind, column, [raw[i] for i in bad], bad, len(raw), hint))
+                invalid[bad] = True
         values[field] = [value or "" for value in normalised]
     if messages and on_invalid == "raise":
         raise InvalidInputError(" ".join(messages), np.flatnonzero(invalid).tolist())
     if messages:
         logger.warning("%d of %d rows have invalid input; their predictions are NaN.", invalid.sum(), len(frame))
     return values, invalid
+
+
+def _too_long(raw: list, max_length: int | None) -> list[int]:
+    """Positions of the strings in ``raw`` longer than ``max_length`` characters once stripped."""
+    if max_length is None:
+        return []
+    return [i for i, value in enumerate(raw) if isinstance(value, str) and len(value.strip()) > max_length]

@@ -36,6 +36,10 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         Loaded once per process and shared.
     tag_length : int
         Vectors per tag, ``p``.
+    domain_tags : "pretrained", a folder, or None
+        Where the domain tags start from: the tags shipped for this backbone (found by its
+        fingerprint; a missing one starts from Tag-LLM's initialisation with a warning), a
+        :class:`~chemtag.tags.TagLibrary` folder, or ``None`` for the initialisation.
     tune_domain_tags : bool
         Also train the domain tags (by default they stay frozen).
     isolate_segments : bool

@@ -1,0 +1,128 @@
+"""The methods compared: baselines, expert models, chemtag's preset and PEFT baselines on its backbone.
+
+Every method builds a regressor with ``fit(X: DataFrame, y (n,))`` and ``predict(X) -> (n,)`` from a
+:class:`Context` (task, budget, seed, backbone); the runner fits it on training rows only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.pipeline import make_pipeline
+
+from benchmarks.features import ExpertFeatures
+from benchmarks.neural import DeepDTARegressor, DeepSynergyRegressor
+from benchmarks.peft_baselines import PeftRegressor, ProbeRegressor
+from benchmarks.tasks import Budget, Rows, Task, read_cell_expression
+
+
+class Regressor(Protocol):
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "Regressor": ...
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method is built for: the task, budget and rows, the seed and chemtag's backbone."""
+
+    task: Task
+    budget: Budget
+    rows: Rows
+    seed: int
+    backbone: str
+    data_dir: Path
+
+    @property
+    def template(self) -> str:
+        """The chemtag preset's prompt for this task."""
+        return self.task.estimator().template
+
+    def expert_features(self) -> ExpertFeatures:
+        expression = read_cell_expression(self.data_dir) if self.task.columns("cell_line") else None
+        return ExpertFeatures(self.task.inputs, expression)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way to build a regressor; ``tasks`` limits it to some tasks, ``requires`` names modules."""
+
+    name: str
+    description: str
+    build: Callable[[Context], Regressor]
+    tasks: tuple[str, ...] | None = None
+    requires: tuple[str, ...] = ()
+
+    def applies_to(self, task: Task) -> bool:
+        return self.tasks is None or task.name in self.tasks
+
+    def missing(self) -> list[str]:
+        """Required modules that are not installed."""
+        return [module for module in self.requires if importlib.util.find_spec(module) is None]
+
+
+def _gradient_boosting(context: Context) -> Regressor:
+    """LightGBM when installed, else scikit-learn's histogram gradient boosting, on expert features."""
+    n, seed = context.budget.boosting_rounds, context.seed
+    if importlib.util.find_spec("lightgbm") is not None:
+        from lightgbm import LGBMRegressor
+
+        model = LGBMRegressor(n_estimators=n, learning_rate=0.05, subsample=0.8, subsample_freq=1,
+                              colsample_bytree=0.5, random_state=seed, n_jobs=2, verbose=-1)
+    else:
+        model = HistGradientBoostingRegressor(max_iter=n, learning_rate=0.05, random_state=seed)
+    return make_pipeline(context.expert_features(), model)
+
+
+def _random_forest(context: Context) -> Regressor:
+    forest = RandomForestRegressor(n_estimators=context.budget.forest_trees, max_features=0.33, n_jobs=2,
+                                   random_state=context.seed)
+    return make_pipeline(context.expert_features(), forest)
+
+
+def _deepdta(context: Context) -> Regressor:
+    protein_length = min(1200, context.rows.max_residues or 1200)
+    return DeepDTARegressor(protein_length=protein_length, epochs=context.budget.neural_epochs,
+                            random_state=context.seed)
+
+
+def _deepsynergy(context: Context) -> Regressor:
+    return DeepSynergyRegressor(read_cell_expression(context.data_dir), epochs=context.budget.neural_epochs,
+                                random_state=context.seed)
+
+
+def _chemtag(context: Context) -> Regressor:
+    return context.task.estimator(backbone=context.backbone, max_epochs=context.budget.tag_epochs,
+                                  batch_size=context.budget.batch_size, random_state=context.seed, verbose=0)
+
+
+def _probe(pooling: str) -> Callable[[Context], Regressor]:
+    return lambda context: ProbeRegressor(context.template, context.backbone, pooling)
+
+
+def _peft(method: str) -> Callable[[Context], Regressor]:
+    return lambda context: PeftRegressor(context.template, context.backbone, method, epochs=context.budget.peft_epochs,
+                                         batch_size=context.budget.batch_size, random_state=context.seed)
+
+
+METHODS: dict[str, Method] = {method.name: method for method in [
+    Method("mean", "predicts the training mean", lambda context: DummyRegressor()),
+    Method("gbm", "LightGBM (else sklearn HistGradientBoosting) on Morgan counts [+ AA/dipeptide composition] "
+                  "[+ cell-line expression]", _gradient_boosting),
+    Method("random-forest", "random forest on the same features", _random_forest),
+    Method("deepdta", "DeepDTA CNN-CNN, reimplemented in torch", _deepdta, tasks=("ba-davis",)),
+    Method("deepsynergy", "DeepSynergy-style MLP, torch", _deepsynergy, tasks=("dc-oneil",)),
+    Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag),
+    Method("probe-mean", "ridge on the frozen backbone's mean-pooled final hidden state", _probe("mean")),
+    Method("probe-last", "ridge on the frozen backbone's last-token final hidden state", _probe("last")),
+    Method("prompt-tuning", "peft prompt tuning (p virtual tokens) + linear head", _peft("prompt-tuning"),
+           requires=("peft",)),
+    Method("lora", "peft LoRA (r=8, attention projections) + linear head", _peft("lora"), requires=("peft",)),
+]}

@@ -1,0 +1,140 @@
+"""Run methods on one task's split and write the results, the table and the plots."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from chemtag.backbones import DEFAULT_BACKBONE
+
+from benchmarks import report
+from benchmarks.methods import METHODS, Context, Method
+from benchmarks.metrics import METRICS
+from benchmarks.splits import subsample
+from benchmarks.tasks import BUDGETS, DATA_DIR, Budget, Rows, Task, crop_proteins
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+IMG_DIR = ROOT / "docs" / "img"
+BACKBONE_ENV_VAR = "CHEMTAG_BENCH_BACKBONE"
+
+
+@dataclass(frozen=True)
+class Data:
+    """A task's training and test rows (inputs only) and their targets."""
+
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_test: pd.DataFrame
+    y_test: np.ndarray
+
+
+def load_data(task: Task, rows: Rows, fold: int = 0, seed: int = 0, data_dir: Path = DATA_DIR) -> Data:
+    """Read, split, subsample and label ``task``'s data; inputs keep only the task's input columns."""
+    if not 0 <= fold < task.n_folds:
+        raise ValueError(f"Task {task.name} has {task.n_folds} fold(s); got fold {fold}.")
+    frame = task.read(data_dir)
+    split = subsample(task.split(frame, fold, seed), rows.n_train, rows.n_test, seed)
+    parts = []
+    for positions in (split.train, split.test):
+        part = crop_proteins(frame.iloc[positions].reset_index(drop=True), task.columns("protein"), rows.max_residues)
+        parts += [part[list(task.inputs)], task.label(part)]
+    return Data(*parts)
+
+
+def machine() -> str:
+    """CPU model and core count, and the GPU if torch sees one."""
+    model = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{model}, {os.cpu_count()} cores, {gpu}"
+
+
+def resolve_methods(task: Task, methods: Sequence[str | Method] | None) -> list[Method]:
+    """The named methods (all that apply to ``task`` when None), skipping those that do not apply."""
+    chosen = [METHODS[m] if isinstance(m, str) else m for m in (methods or METHODS)]
+    return [m for m in chosen if m.applies_to(task)]
+
+
+def evaluate(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {name: METRICS[name](y_true, y_pred) for name in task.metrics}
+
+
+def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = None, *, rows: Rows | None = None,
+        fold: int = 0, seed: int = 0, backbone: str | None = None, data_dir: Path = DATA_DIR,
+        results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR, log=print) -> pd.DataFrame:
+    """Fit every method on the same training rows, score it on the test rows, write the outputs.
+
+    Writes ``{task}-{budget}.csv`` (one row per method and metric), ``-predictions.csv``,
+    ``-history.csv`` and ``.md`` under ``results_dir``, and ``{task}-{budget}-scatter.png`` and
+    ``-curves.png`` under ``img_dir``. Returns this run's result rows.
+    """
+    rows = rows or task.rows(budget.name)
+    backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
+    data = load_data(task, rows, fold, seed, data_dir)
+    context = Context(task, budget, rows, seed, backbone, data_dir)
+    stamp = {"task": task.name, "budget": budget.name, "seed": seed, "fold": fold, "backbone": backbone,
+             "n_train": len(data.y_train), "n_test": len(data.y_test),
+             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+    log(f"{task.name} ({budget.name}): {stamp['n_train']} train / {stamp['n_test']} test rows")
+    results, predictions, histories = [], [], []
+    for method in resolve_methods(task, methods):
+        if method.missing():
+            log(f"  {method.name}: skipped, needs {', '.join(method.missing())}")
+            continue
+        model = method.build(context)
+        load, cpu_started, started = os.getloadavg()[0], time.process_time(), time.perf_counter()
+        model.fit(data.X_train, data.y_train)
+        fitted = time.perf_counter()
+        y_pred = np.asarray(model.predict(data.X_test), dtype=float)
+        timing = {"fit_seconds": fitted - started, "predict_seconds": time.perf_counter() - fitted,
+                  "cpu_seconds": time.process_time() - cpu_started, "load_average": load}
+        scores = evaluate(task, data.y_test, y_pred)
+        estimator = type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__
+        results += [stamp | timing | {"method": method.name, "metric": k, "value": v, "estimator": estimator}
+                    for k, v in scores.items()]
+        predictions.append(pd.DataFrame({"method": method.name, "y_true": data.y_test, "y_pred": y_pred}))
+        histories.append(pd.DataFrame(getattr(model, "history_", []), columns=["epoch", "train_loss", "valid_loss"])
+                         .assign(method=method.name))
+        log(f"  {method.name}: fit {timing['fit_seconds']:.1f}s, predict {timing['predict_seconds']:.1f}s, "
+            f"CPU {timing['cpu_seconds']:.0f}s, "
+            + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        del model
+        gc.collect()
+    results = pd.DataFrame(results, columns=report.RESULT_COLUMNS)
+    write_outputs(task, budget, results, predictions, histories, results_dir, img_dir)
+    return results
+
+
+def write_outputs(task: Task, budget: Budget, results: pd.DataFrame, predictions: list[pd.DataFrame],
+                  histories: list[pd.DataFrame], results_dir: Path, img_dir: Path) -> None:
+    """Merge this run into the task's files and redraw its table and plots."""
+    if results.empty:
+        return
+    stem = f"{task.name}-{budget.name}"
+    every = report.merge_into(results_dir / f"{stem}.csv", results, ["method", "metric"])
+    predicted = report.merge_into(results_dir / f"{stem}-predictions.csv", pd.concat(predictions), ["method"])
+    history = report.merge_into(results_dir / f"{stem}-history.csv", pd.concat(histories), ["method"])
+    (results_dir / f"{stem}.md").write_text(report.markdown_table(every))
+    title = f"{task.name}, {budget.name} budget"
+    report.scatter_plot(predicted, img_dir / f"{stem}-scatter.png", title)
+    report.learning_curves(history.dropna(subset=["train_loss"]), img_dir / f"{stem}-curves.png", title)
+
+
+def run_many(tasks: Sequence[Task], budget: str | Budget = "quick", **options) -> pd.DataFrame:
+    """:func:`run` on each task in turn; the concatenated result rows."""
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    return pd.concat([run(task, budget, **options) for task in tasks], ignore_index=True)

@@ -1,0 +1,254 @@
+"""The benchmark suite: splits keep test rows (and test drug pairs) out of training, metrics, features,
+the runner end to end on tiny data with the tiny backbone, and the command line."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the checkout, not installed
+
+from benchmarks import __main__ as cli
+from benchmarks.features import ExpertFeatures, protein_composition
+from benchmarks.methods import METHODS, Method
+from benchmarks.metrics import concordance_index, pearson
+from benchmarks.neural import DeepSynergyRegressor
+from benchmarks.peft_baselines import plain_prompts
+from benchmarks.report import merge_into
+from benchmarks.runner import load_data, run
+from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
+from benchmarks.tasks import TASKS, Budget, Rows, Task
+
+TINY_BUDGET = Budget("tiny", tag_epochs=1, peft_epochs=1, neural_epochs=2, boosting_rounds=5, forest_trees=5, batch_size=4)
+TINY_ROWS = Rows(12, 6, max_residues=30)
+DRUGS = ["CCO", "c1ccccc1O", "CC(=O)O", "CCN", "OCC(O)CO", "CC(C)O"]
+
+
+def synergy_table(n_rows: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Random synergy rows in which many drug pairs appear in both orders."""
+    rng = np.random.default_rng(seed)
+    first, second = (rng.integers(0, len(DRUGS), n_rows) for _ in range(2))
+    keep = first != second
+    return pd.DataFrame({
+        "Drug1_ID": [f"d{i}" for i in first[keep]], "Drug2_ID": [f"d{i}" for i in second[keep]],
+        "Drug1": [DRUGS[i] for i in first[keep]], "Drug2": [DRUGS[i] for i in second[keep]],
+        "Cell_Line_ID": rng.choice(["c0", "c1", "c2"], keep.sum()), "Y": rng.normal(size=keep.sum()),
+    })
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def test_split_refuses_a_row_on_both_sides():
+    with pytest.raises(ValueError, match="both train and test"):
+        Split(np.array([0, 1, 2]), np.array([2, 3]))
+
+
+def test_davis_setting1_trains_on_folds_0_to_4_and_tests_on_test():
+    folds = pd.Series(["0", "test", "4", "2", "test", "1", "3", "other"])
+    split = davis_setting1(folds)
+    assert split.train.tolist() == [0, 2, 3, 5, 6]
+    assert split.test.tolist() == [1, 4]
+
+
+def test_unordered_pairs_ignore_the_order():
+    assert unordered_pairs(["a", "b", "a"], ["b", "a", "c"]).tolist() == ["a|b", "a|b", "a|c"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pair_folds_put_each_unordered_pair_in_one_fold(seed):
+    table = synergy_table(seed=seed)
+    folds = pair_folds(table["Drug1_ID"], table["Drug2_ID"], n_folds=5, seed=seed)
+    pairs = unordered_pairs(table["Drug1_ID"], table["Drug2_ID"])
+    assert (pd.Series(folds).groupby(pairs).nunique() == 1).all()
+    assert set(folds) == set(range(5))
+    both_orders = set(zip(table["Drug1_ID"], table["Drug2_ID"])) & set(zip(table["Drug2_ID"], table["Drug1_ID"]))
+    assert both_orders, "the table must hold pairs in both orders for this test to mean anything"
+
+
+@pytest.mark.parametrize("fold", range(5))
+def test_pair_split_shares_no_unordered_pair_between_train_and_test(fold):
+    table = synergy_table()
+    split = pair_split(table["Drug1_ID"], table["Drug2_ID"], fold=fold)
+    pairs = unordered_pairs(table["Drug1_ID"], table["Drug2_ID"])
+    assert not set(pairs[split.train]) & set(pairs[split.test])
+    assert len(split.train) + len(split.test) == len(table)
+
+
+def test_pair_split_refuses_an_unknown_fold():
+    table = synergy_table()
+    with pytest.raises(ValueError, match="fold"):
+        pair_split(table["Drug1_ID"], table["Drug2_ID"], fold=5)
+
+
+def test_random_split_is_seeded_disjoint_and_complete():
+    split = random_split(50, 0.2, seed=3)
+    assert len(split.test) == 10 and sorted([*split.train, *split.test]) == list(range(50))
+    assert random_split(50, 0.2, seed=3).test.tolist() == split.test.tolist()
+    assert random_split(50, 0.2, seed=4).test.tolist() != split.test.tolist()
+
+
+def test_subsample_draws_each_side_from_itself_only():
+    split = Split(np.arange(0, 100), np.arange(100, 130))
+    small = subsample(split, 10, 5, seed=0)
+    assert len(small.train) == 10 and set(small.train) <= set(split.train)
+    assert len(small.test) == 5 and set(small.test) <= set(split.test)
+    assert subsample(split, None, 1000).test.tolist() == split.test.tolist()
+
+
+def test_davis_split_of_the_shared_data_is_deepdta_setting1(shared_data):
+    frame = TASKS["ba-davis"].read(shared_data)
+    split = TASKS["ba-davis"].split(frame, 0, 0)
+    assert (frame["fold"].iloc[split.test] == "test").all()
+    assert frame["fold"].iloc[split.train].isin(list("01234")).all()
+    assert len(split.train) + len(split.test) == len(frame)
+
+
+@pytest.mark.parametrize("fold", [0, 3])
+def test_oneil_folds_of_the_shared_data_share_no_unordered_pair(shared_data, fold):
+    frame = TASKS["dc-oneil"].read(shared_data)
+    split = TASKS["dc-oneil"].split(frame, fold, 0)
+    pairs = unordered_pairs(frame["Drug1_ID"], frame["Drug2_ID"])
+    assert not set(pairs[split.train]) & set(pairs[split.test])
+    assert 0.15 < len(split.test) / len(frame) < 0.25
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def test_concordance_index_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 5, 60).astype(float), rng.integers(0, 4, 60).astype(float)  # ties on both sides
+    pairs = [(i, j) for i, j in itertools.permutations(range(60), 2) if y[i] > y[j]]
+    expected = sum(1.0 if p[i] > p[j] else 0.5 if p[i] == p[j] else 0.0 for i, j in pairs) / len(pairs)
+    assert concordance_index(y, p, block=7) == pytest.approx(expected)
+    assert concordance_index(y, y) == 1.0
+
+
+def test_pearson_is_nan_for_a_constant_prediction():
+    assert np.isnan(pearson(np.arange(5.0), np.full(5, 2.0)))
+
+
+# -------------------------------------------------------------------------------------------- features
+def test_protein_composition_is_fractions_of_residues_and_dipeptides():
+    features = protein_composition(["AACA"])
+    assert features.shape == (1, 420)
+    assert features[0, :20].sum() == pytest.approx(1) and features[0, 20:].sum() == pytest.approx(1)
+    assert features[0, 0] == pytest.approx(0.75)  # A
+
+
+def test_expert_features_of_a_drug_pair_do_not_depend_on_its_order():
+    table = synergy_table(20)
+    expression = pd.DataFrame(np.eye(3), index=["c0", "c1", "c2"])
+    features = ExpertFeatures(TASKS["dc-oneil"].inputs, expression)
+    swapped = table.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})
+    assert np.array_equal(features.transform(table), features.transform(swapped))
+
+
+def test_deepsynergy_predicts_the_same_for_both_drug_orders():
+    table = synergy_table(60)
+    expression = pd.DataFrame(np.random.default_rng(0).normal(size=(3, 4)), index=["c0", "c1", "c2"])
+    model = DeepSynergyRegressor(expression, hidden=(16,), epochs=2).fit(table, table["Y"])
+    swapped = table.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})
+    assert np.allclose(model.predict(table), model.predict(swapped))
+
+
+def test_plain_prompts_fill_fields_and_drop_tags():
+    template = TASKS["ba-davis"].estimator().template
+    prompts = plain_prompts(template, pd.DataFrame({"Target": ["MKV"], "Drug": ["CCO"]}))
+    assert prompts == ["Input: The protein sequence is MKV. The SMILES of the drug is CCO. "
+                       "Output: The binding affinity is"]
+
+
+# ---------------------------------------------------------------------------------------------- runner
+class Spy:
+    """A regressor that remembers what it was fitted on and asked to predict."""
+
+    seen: dict[str, pd.DataFrame] = {}
+
+    def fit(self, X, y):
+        Spy.seen["fit"] = X.copy()
+        return self
+
+    def predict(self, X):
+        Spy.seen["predict"] = X.copy()
+        return np.zeros(len(X))
+
+
+def numbered_task(n_rows: int = 40) -> Task:
+    """A task whose single input is the row number, split at random."""
+    return Task("numbered", "row numbers", {"row": "molecule"}, object, ("mse",),
+                read=lambda data_dir: pd.DataFrame({"row": np.arange(n_rows)}),
+                split=lambda frame, fold, seed: random_split(len(frame), 0.25, seed),
+                label=lambda frame: frame["row"].to_numpy(float), quick=Rows(None, None))
+
+
+def test_runner_fits_on_training_rows_only_and_predicts_every_test_row(tmp_path):
+    task = numbered_task()
+    spy = Method("spy", "remembers its inputs", lambda context: Spy())
+    run(task, TINY_BUDGET, [spy], seed=5, results_dir=tmp_path, img_dir=tmp_path, log=lambda *_: None)
+    split = random_split(40, 0.25, 5)
+    assert sorted(Spy.seen["fit"]["row"]) == split.train.tolist()
+    assert sorted(Spy.seen["predict"]["row"]) == split.test.tolist()
+
+
+def test_runner_gives_synergy_methods_no_test_drug_pair(shared_data, tmp_path):
+    spy = Method("spy", "remembers its inputs", lambda context: Spy())
+    run(TASKS["dc-oneil"], TINY_BUDGET, [spy], rows=Rows(400, 100), fold=2, data_dir=shared_data,
+        results_dir=tmp_path, img_dir=tmp_path, log=lambda *_: None)
+    fitted, predicted = (set(unordered_pairs(Spy.seen[k]["Drug1"], Spy.seen[k]["Drug2"])) for k in ("fit", "predict"))
+    assert fitted and predicted and not fitted & predicted
+
+
+def test_load_data_crops_proteins_and_labels_what_is_kept(shared_data):
+    data = load_data(TASKS["descriptor"], Rows(8, 4, max_residues=25), data_dir=shared_data)
+    assert data.X_train["Target"].str.len().max() <= 25
+    assert np.allclose(data.y_train, TASKS["descriptor"].label(data.X_train))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, shared_data, tmp_path):
+    results = run(TASKS[task], TINY_BUDGET, rows=TINY_ROWS, backbone="tiny-llama", data_dir=shared_data,
+                  results_dir=tmp_path / "results", img_dir=tmp_path / "img", log=lambda *_: None)
+    ran = set(results["method"])
+    expected = {m.name for m in METHODS.values() if m.applies_to(TASKS[task]) and not m.missing()}
+    assert ran == expected
+    assert set(results["metric"]) == set(TASKS[task].metrics)
+    assert (results["n_train"] == TINY_ROWS.n_train).all() and (results["n_test"] == TINY_ROWS.n_test).all()
+    assert results.loc[results["metric"].isin(["mse", "mae", "rmse"]), "value"].notna().all()
+    table = (tmp_path / "results" / f"{task}-tiny.md").read_text()
+    assert all(f"| {method} |" in table for method in ran)
+    assert (tmp_path / "img" / f"{task}-tiny-scatter.png").stat().st_size > 0
+    written = pd.read_csv(tmp_path / "results" / f"{task}-tiny.csv")
+    assert {"task", "method", "metric", "value", "fit_seconds", "n_train", "n_test", "budget", "date",
+            "machine"} <= set(written.columns)
+
+
+def test_a_partial_run_replaces_only_its_methods(tmp_path):
+    path = tmp_path / "results.csv"
+    merge_into(path, pd.DataFrame({"method": ["a", "b"], "value": [1, 2]}), ["method"])
+    merged = merge_into(path, pd.DataFrame({"method": ["b"], "value": [3]}), ["method"])
+    assert dict(zip(merged["method"], merged["value"])) == {"a": 1, "b": 3}
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_lists_tasks_and_methods(capsys):
+    assert cli.main(["list"]) == 0
+    output = capsys.readouterr().out
+    assert all(task in output for task in TASKS) and all(method in output for method in METHODS)
+
+
+def test_cli_refuses_an_unknown_method():
+    with pytest.raises(SystemExit, match="Unknown methods"):
+        cli.main(["run", "--task", "qed", "--methods", "mean,nonsense"])
+
+
+def test_cli_runs_a_task_into_the_given_folders(shared_data, tmp_path):
+    code = cli.main(["run", "--task", "qed", "--budget", "quick", "--methods", "mean,gbm", "--n-train", "30",
+                     "--n-test", "10", "--data-dir", str(shared_data), "--results-dir", str(tmp_path),
+                     "--img-dir", str(tmp_path)])
+    assert code == 0
+    written = pd.read_csv(tmp_path / "qed-quick.csv")
+    assert set(written["method"]) == {"mean", "gbm"}
+    assert (written["n_train"] == 30).all() and (written["n_test"] == 10).all()

@@ -1,0 +1,104 @@
+"""Stage 1 (domain tags by next-token prediction) and stage 3 (estimators compose pretrained domain tags)."""
+
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional
+
+from chemtag import QEDRegressor, pretrained
+from chemtag.cli import main
+from chemtag.model import Batch, TaggedModel
+from chemtag.protocol import _text_loss, encode_domain_texts, pretrain_domain_tag, spaced_residues, text_loss
+from chemtag.tags import Tag, TagLibrary
+
+CORPUS = ["CCCCCCO", "CCCCO", "CCCCCCCCO", "CCCO", "CCCCCO", "CCCCCCCO"] * 4
+FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
+
+
+def test_prompts_are_the_tag_followed_by_the_text(tiny_llama):
+    prompts = encode_domain_texts(tiny_llama, ["CCO"], tag_length=3, max_tokens=50)
+    body = tiny_llama.tokenizer(" CCO", add_special_tokens=False).input_ids
+    assert prompts.tag_slots[0].tolist() == [0, 1, 2] + [-1] * len(body)
+    assert prompts.input_ids[0][3:].tolist() == body
+
+
+def test_only_text_tokens_are_scored(tiny_llama):
+    tag = Tag.initialise("SMILES", "domain", tiny_llama, 3)
+    model = TaggedModel(tiny_llama, [tag], torch.nn.Identity(), [])
+    prompts = encode_domain_texts(tiny_llama, ["CCO", "CCCCCN"], tag_length=3, max_tokens=50)
+    batch = Batch.collate(prompts, [0, 1], tiny_llama.tokenizer.pad_token_id, "cpu")
+    loss, count = _text_loss(model, tiny_llama, batch)
+    logits = tiny_llama.model(inputs_embeds=model.input_embeddings(batch), attention_mask=batch.attention_mask.long()).logits
+    expected = []
+    for row in range(2):
+        ids = prompts.input_ids[row]
+        for position in range(3, len(ids)):  # every text token, predicted from the position before it
+            expected.append(functional.cross_entropy(logits[row, position - 1], torch.tensor(ids[position])))
+    assert count == len(expected)
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+
+
+def test_pretraining_lowers_the_held_out_loss_below_no_tag_and_initial_tag(tiny_llama):
+    tag, history = pretrain_domain_tag(tiny_llama, CORPUS, "SMILES", tag_length=4, steps=60, batch_size=8,
+                                       lr=3e-2, verbose=0)
+    held_out = ["CCCCCCCCCO", "CCCCCCO"]
+    trained = text_loss(tiny_llama, held_out, tag)
+    assert trained < text_loss(tiny_llama, held_out, None)
+    assert trained < text_loss(tiny_llama, held_out, Tag.initialise("SMILES", "domain", tiny_llama, 4))
+    assert tag.kind == "domain" and tag.provenance["steps"] == 60 and len(history) == 60
+
+
+def test_spaced_residues():
+    assert spaced_residues("MKT") == "M K T"
+
+
+@pytest.fixture
+def shipped_folder(tmp_path, monkeypatch, tiny_llama):
+    """A shipped library for the tiny backbone in a temporary package-data folder."""
+    monkeypatch.setattr(pretrained, "SHIPPED", tmp_path)
+    monkeypatch.setattr(pretrained, "_WARNED", set())
+    library = TagLibrary(tiny_llama.fingerprint)
+    library.add(Tag("SMILES", "domain", torch.randn(10, 64), {"stage": 1}))
+    return library.save(tmp_path / "tiny-llama")
+
+
+def test_estimators_load_the_shipped_domain_tags_and_keep_them_frozen(shipped_folder):
+    shipped = TagLibrary.load(shipped_folder)["SMILES"].vectors
+    model = QEDRegressor(**FAST).fit(["CCO", "CCN", "CCC"], [0.1, 0.2, 0.3])
+    assert torch.equal(model.tags_["SMILES"].vectors, shipped)
+    tuned = QEDRegressor(tune_domain_tags=True, **(FAST | {"max_epochs": 3})).fit(["CCO", "CCN", "CCC"], [0.1, 0.2, 0.3])
+    assert not torch.equal(tuned.tags_["SMILES"].vectors, shipped)
+
+
+def test_a_missing_shipped_tag_warns_once_and_starts_from_the_initialisation(tmp_path, monkeypatch, tiny_llama):
+    monkeypatch.setattr(pretrained, "SHIPPED", tmp_path)
+    monkeypatch.setattr(pretrained, "_WARNED", set())
+    with pytest.warns(UserWarning, match="No pretrained <SMILES> tag for backbone 'tiny-llama' \\(none is shipped\\)"):
+        model = QEDRegressor(**FAST).fit(["CCO", "CCN"], [0.1, 0.2])
+    assert torch.equal(model.tags_["SMILES"].vectors, Tag.initialise("SMILES", "domain", tiny_llama).vectors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        QEDRegressor(**FAST).fit(["CCO", "CCN"], [0.1, 0.2])
+
+
+def test_a_tag_library_for_another_backbone_is_refused(shipped_folder):
+    with pytest.raises(ValueError, match="trained for backbone 'tiny-llama', not for 'tiny-gpt2'"):
+        QEDRegressor(**(FAST | {"backbone": "tiny-gpt2"}), domain_tags=str(shipped_folder)).fit(["CCO"], [0.1])
+
+
+def test_a_shipped_library_of_another_backbone_is_not_used(shipped_folder, tiny_gpt2):
+    assert pretrained.shipped_library(tiny_gpt2) is None
+
+
+def test_cli_pretrain_writes_a_library_with_measured_losses(tmp_path, tiny_llama, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS + ["not a smiles"]))
+    code = main(["pretrain", str(corpus), "--domain", "SMILES", "-o", str(tmp_path / "tags"), "--backbone",
+                 "tiny-llama", "--steps", "5", "--batch-size", "4", "--validation", "4", "--tag-length", "4"])
+    assert code == 0
+    tag = TagLibrary.load(tmp_path / "tags", tiny_llama)["SMILES"]
+    losses = tag.provenance["held_out_loss_nats_per_token"]
+    assert set(losses) == {"no_tag", "initial_tag", "trained_tag"}
+    assert tag.provenance["corpus"] == "corpus.txt" and tag.provenance["validation_texts"] == 4
+    assert f"trained_tag {losses['trained_tag']:.4f}" in capsys.readouterr().out

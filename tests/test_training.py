@@ -1,0 +1,185 @@
+"""The training loop: seeded, learns, stops early on the best epoch, survives Ctrl-C, bf16, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from chemtag.model import TaggedModel
+from chemtag.tags import Tag
+from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
+from chemtag.training import TrainingConfig, length_bucketed_batches, predict, train
+
+P = 4
+TEMPLATE = "Input: The text is <Text> {text}. Output: The count is <Count>"
+mse = nn.functional.mse_loss
+
+
+def _strings(n: int, seed: int, alphabet: str = "CO") -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(alphabet), size=rng.integers(4, 13))) for _ in range(n)]
+
+
+def _model(backbone, seed: int = 0) -> TaggedModel:
+    torch.manual_seed(seed)
+    tags = [Tag.initialise("Text", "domain", backbone, P), Tag.initialise("Count", "function", backbone, P)]
+    return TaggedModel(backbone, tags, nn.Linear(backbone.hidden_size, 1), trainable=["Count"])
+
+
+def _prompts(model: TaggedModel, texts: list[str]) -> EncodedPrompts:
+    encoder = TemplateEncoder(Template.parse(TEMPLATE), model.backbone.tokenizer, model.tag_names, P)
+    return encoder.encode({"text": texts})
+
+
+def _noise(n: int, seed: int = 0) -> torch.Tensor:
+    """Targets unrelated to the inputs, all distinct: a fit can only overfit them."""
+    return torch.randn(n, 1, generator=torch.Generator().manual_seed(seed))
+
+
+def _config(**overrides) -> TrainingConfig:
+    settings = dict(max_epochs=3, batch_size=8, lr=1e-2, validation_fraction=0.25, patience=3, verbose=0,
+                    random_state=0)
+    return TrainingConfig(**{**settings, **overrides})
+
+
+def _assert_same_state(first: nn.Module, second: nn.Module) -> None:
+    first_state, second_state = first.state_dict(), second.state_dict()
+    assert first_state.keys() == second_state.keys()
+    for key in first_state:
+        assert torch.equal(first_state[key], second_state[key]), key
+
+
+def _without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def test_seeded_fits_are_identical(tiny_llama):
+    texts, targets = _strings(40, seed=0), _noise(40)
+    fits = []
+    for random_state in (0, 0, 1):
+        model = _model(tiny_llama)
+        history = train(model, _prompts(model, texts), targets, mse, _config(random_state=random_state))
+        fits.append((model, history))
+    (first, first_history), (second, second_history), (other, _) = fits
+    _assert_same_state(first, second)
+    assert _without_timings(first_history) == _without_timings(second_history)
+    assert not torch.equal(first.tag_vectors["Count"], other.tag_vectors["Count"]), "the seed matters"
+    assert not torch.equal(first.tag_vectors["Count"], _model(tiny_llama).tag_vectors["Count"]), "the tag trained"
+    assert torch.equal(first.tag_vectors["Text"], _model(tiny_llama).tag_vectors["Text"]), "the frozen tag did not"
+
+
+def test_a_tiny_backbone_learns_to_count_a_letter(tiny_llama):
+    texts = _strings(300, seed=1)
+    counts = torch.tensor([[text.count("C")] for text in texts], dtype=torch.float32)
+    train_rows, test_rows = np.arange(200), np.arange(200, 300)
+    mean, std = counts[train_rows].mean(), counts[train_rows].std()
+    targets = (counts - mean) / std
+    model = _model(tiny_llama)
+    prompts = _prompts(model, texts)
+    config = _config(max_epochs=40, lr=1e-3, validation_fraction=0, patience=40)
+    train(model, prompts.subset(train_rows), targets[train_rows], mse, config)
+    predictions = predict(model, prompts.subset(test_rows), batch_size=64)
+    variance = targets[test_rows].var(unbiased=False)
+    assert mse(predictions, targets[test_rows]) < 0.3 * variance
+
+
+class RecordingLoss:
+    """MSE that records the targets of each validation call (no gradient) and can interrupt training."""
+
+    def __init__(self, interrupt_after_validations: int | None = None):
+        self.validation_targets: list[torch.Tensor] = []
+        self.interrupt_after_validations = interrupt_after_validations
+        self.steps_since_validation = 0
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not outputs.requires_grad:
+            self.validation_targets.append(targets.clone())
+            self.steps_since_validation = 0
+        else:
+            self.steps_since_validation += 1
+            if (len(self.validation_targets) == self.interrupt_after_validations
+                    and self.steps_since_validation == 2):
+                raise KeyboardInterrupt
+        return mse(outputs, targets)
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_llama):
+    texts, targets = _strings(60, seed=2), _noise(60)
+    model = _model(tiny_llama)
+    prompts = _prompts(model, texts)
+    loss = RecordingLoss()
+    config = _config(max_epochs=30, lr=5e-2, patience=2)
+    history = train(model, prompts, targets, loss, config)
+
+    valid_losses = [record["valid_loss"] for record in history]
+    best_flags = [record["best"] for record in history]
+    assert best_flags == [value < min(valid_losses[:i], default=np.inf) for i, value in enumerate(valid_losses)]
+    last_best = max(i for i, flag in enumerate(best_flags) if flag)
+    assert len(history) < config.max_epochs, "stopped early"
+    assert len(history) - 1 - last_best == config.patience
+
+    row_of = {value: row for row, value in enumerate(targets[:, 0].tolist())}
+    valid_rows = [row_of[value] for value in loss.validation_targets[-1][:, 0].tolist()]
+    outputs = predict(model, prompts.subset(valid_rows), config.batch_size)
+    assert mse(outputs, targets[valid_rows]).item() == pytest.approx(min(valid_losses), rel=1e-6)
+
+
+def test_interrupting_keeps_the_best_weights(tiny_llama):
+    texts, targets = _strings(60, seed=3), _noise(60)
+    model = _model(tiny_llama)
+    prompts = _prompts(model, texts)
+    config = _config(max_epochs=10, patience=10)
+    history = train(model, prompts, targets, RecordingLoss(interrupt_after_validations=2), config)
+    assert [record["epoch"] for record in history] == [1, 2], "interrupted during epoch 3"
+
+    reference = _model(tiny_llama)  # the same seeded run, stopped after epoch 2 on its own
+    train(reference, prompts, targets, mse, _config(max_epochs=2, patience=10))
+    _assert_same_state(model, reference)
+
+
+def test_the_backbone_runs_in_eval_mode_while_training(tiny_gpt2):
+    """GPT-2 has dropout: a backbone switched to training mode would make every forward random."""
+    modes = []
+    hook = tiny_gpt2.model.base_model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    try:
+        model = _model(tiny_gpt2)
+        train(model, _prompts(model, _strings(16, seed=6)), _noise(16), mse, _config(max_epochs=1))
+    finally:
+        hook.remove()
+    assert modes and not any(modes)
+
+
+def test_bf16_autocast_keeps_float32_master_weights(tiny_llama):
+    model = _model(tiny_llama)
+    history = train(model, _prompts(model, _strings(24, seed=4)), _noise(24), mse, _config(max_epochs=1, bf16=True))
+    assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["valid_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_verbosity(tiny_llama, capsys):
+    model = _model(tiny_llama)
+    prompts, targets = _prompts(model, _strings(16, seed=5)), _noise(16)
+    train(model, prompts, targets, mse, _config(max_epochs=1, verbose=0))
+    assert capsys.readouterr() == ("", "")
+    train(model, prompts, targets, mse, _config(max_epochs=1, verbose=1))
+    assert "valid_loss" in capsys.readouterr().out
+
+
+def test_too_few_rows_for_a_validation_split_is_explained(tiny_llama):
+    model = _model(tiny_llama)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        train(model, _prompts(model, ["CO", "OC"]), _noise(2), mse, _config(validation_fraction=0.1))
+
+
+def test_length_buckets_partition_rows_into_batches_of_neighbouring_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation(100)  # all distinct
+    batches = length_bucketed_batches(lengths, batch_size=8, rng=np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(100))
+    assert max(len(batch) for batch in batches) == 8
+    by_length = sorted(batches, key=lambda batch: lengths[batch].min())
+    np.testing.assert_array_equal(np.concatenate([np.sort(lengths[b]) for b in by_length]), np.arange(100))
+    again = length_bucketed_batches(lengths, batch_size=8, rng=np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
