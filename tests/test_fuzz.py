@@ -421,7 +421,6 @@ def test_arrays_sparse_matrices_and_other_objects(models, X, model, on_invalid):
 def test_fit_on_smiles_tables(X, on_invalid):
     fields = {"Drug": "SMILES"}
     invalid = invalid_rows(X, fields, None)
-    assume(not (on_invalid == "nan" and invalid is not None and invalid.all()))  # see the xfail test below
     model = QEDRegressor(on_invalid=on_invalid, **FAST)
     outcome = call("fit on tables", model.fit, X, np.linspace(0, 1, len(X)))
     if isinstance(outcome, Exception):
@@ -467,21 +466,12 @@ def test_classification_labels(data):
     assert np.isin(model.predict(X), model.classes_).all()
 
 
-# ----------------------------------------------------------------------------- bugs found by fuzzing
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "TagLLMEstimator.fit (estimators/_base.py) drops invalid rows under on_invalid='nan' and trains on the rest; "
-    "with no row left the tokenizer raises IndexError on an empty batch. Fix: raise InvalidInputError naming "
-    "the rows when every row is invalid."))
-@pytest.mark.filterwarnings("ignore:Dropping 2 of 2 rows")
+# ----------------------------------------------------------------------------- bugs found by fuzzing (fixed)
 def test_fit_with_every_row_invalid_names_the_rows():
     with pytest.raises(InvalidInputError, match=r"Invalid SMILES in column 'Drug' at 2 of 2 rows: 0 \('xx'\)"):
         QEDRegressor(on_invalid="nan", **FAST).fit(pd.DataFrame({"Drug": ["xx", "C1CC"]}), [0.1, 0.2])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "TagLLMRegressor._encode_targets standardises y over every row before fit drops the invalid ones "
-    "(on_invalid='nan'), so the target of a row that is never trained on moves y_mean_ and y_scale_. "
-    "Fix: drop the invalid rows from y before encoding it (in _base.fit)."))
 def test_dropped_rows_do_not_move_the_target_scale():
     model = QEDRegressor(on_invalid="nan", **FAST)
     with pytest.warns(UserWarning, match="Dropping 1 of 3 rows"):
@@ -489,10 +479,6 @@ def test_dropped_rows_do_not_move_the_target_scale():
     assert (model.y_mean_, model.y_scale_) == (2.0, 1.0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "TagLLMClassifier._encode_targets takes classes_ from every row before fit drops the invalid ones "
-    "(on_invalid='nan'), so a class seen only on dropped rows gets a head output that is never trained. "
-    "Fix: drop the invalid rows from y before encoding it (in _base.fit)."))
 def test_dropped_rows_add_no_class():
     model = TagLLMClassifier({"Drug": "SMILES"}, on_invalid="nan", **FAST)
     with pytest.warns(UserWarning, match="Dropping 1 of 3 rows"):

@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 class TagLLMEstimator(BaseEstimator):
     """Base of chemtag's estimators: input columns -> domains -> a tagged prompt -> a head.
 
-    Subclasses set ``_classification`` and implement ``_head_size``, ``_encode_targets`` and
-    ``_loss``. Parameters are documented on :class:`~chemtag.TagLLMRegressor`.
+    Subclasses set ``_classification`` and implement ``_head_size``, ``_encode_targets(y, n_rows, keep)``
+    (targets of the rows ``keep`` that are trained on) and ``_loss``. Parameters are documented on :class:`~chemtag.TagLLMRegressor`.
     """
 
     _classification = False
@@ -119,14 +119,14 @@ class TagLLMEstimator(BaseEstimator):
         self._check_params()
         frame = as_frame(X, self._declared_fields())
         fields = self._fields(frame)
-        values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet,
-                                      "nan" if self.on_invalid == "nan" else "raise")
-        targets = self._encode_targets(y, len(frame))
+        values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet, self.on_invalid)
+        if invalid.all():  # nothing left to train on: raise the message that names the rows
+            read_fields(frame, fields, self._columns(frame), self.protein_alphabet, "raise")
         keep = np.flatnonzero(~invalid)
+        targets = self._encode_targets(y, len(frame), keep)
         if invalid.any():
             warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=2)
             values = {field: [v[i] for i in keep] for field, v in values.items()}
-            targets = targets[keep]
         values, targets = self._augment(values, targets)
         warm = self.warm_start and hasattr(self, "tags_")
         if not warm:

@@ -85,8 +85,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     def _head_size(self) -> int:
         return 1
 
-    def _encode_targets(self, y, n_rows: int) -> np.ndarray:
-        targets = validated_targets(y, n_rows)
+    def _encode_targets(self, y, n_rows: int, keep: np.ndarray) -> np.ndarray:
+        targets = validated_targets(y, n_rows)[keep]
         if not (self.warm_start and hasattr(self, "y_mean_")):
             self.y_mean_ = float(targets.mean())
             self.y_scale_ = float(targets.std()) or 1.0
@@ -118,8 +118,8 @@ class TagLLMClassifier(ClassifierMixin, TagLLMEstimator):
     def _head_size(self) -> int:
         return len(self.classes_)
 
-    def _encode_targets(self, y, n_rows: int) -> np.ndarray:
-        labels = validated_targets(y, n_rows, classification=True)
+    def _encode_targets(self, y, n_rows: int, keep: np.ndarray) -> np.ndarray:
+        labels = validated_targets(y, n_rows, classification=True)[keep]
         if not (self.warm_start and hasattr(self, "classes_")):
             self.classes_ = np.unique(labels)
         unseen = set(np.unique(labels)) - set(self.classes_)
