@@ -155,15 +155,16 @@ def _real(value: object) -> float | None:
 
 
 def _regression_targets(array: np.ndarray) -> np.ndarray:
+    """1-D ``array`` as finite float64 targets whose mean and standard deviation are finite too."""
     if array.dtype.kind not in "biufO":  # text, dates, complex numbers
         raise ValueError(f"y must be numeric for regression, got dtype {array.dtype}.")
     if array.dtype.kind == "O":
         reals = [_real(value) for value in array]
-        text = [i for i, value in enumerate(reals) if value is None]
-        if text:
-            raise ValueError(f"y must be numeric for regression; {len(text)} rows hold other values: "
-                             f"{_listed(text, array)}. Convert them to numbers explicitly.")
-        array = np.asarray(reals, dtype=object)
+        others = [i for i, value in enumerate(reals) if value is None]
+        if others:
+            raise ValueError(f"y must be numeric for regression; {len(others)} rows hold other values: "
+                             f"{_listed(others, array)}. Convert them to numbers explicitly.")
+        array = np.asarray(reals)
     targets = array.astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(targets))
     if len(bad):
@@ -177,13 +178,20 @@ def _regression_targets(array: np.ndarray) -> np.ndarray:
     return targets
 
 
+def _label_kind(value: object) -> str:
+    if isinstance(value, str):
+        return "str"
+    return "number" if isinstance(value, (numbers.Real, np.bool_)) else type(value).__name__
+
+
 def _class_labels(array: np.ndarray) -> np.ndarray:
+    """1-D ``array`` as class labels: none missing, all strings or all numbers, discrete (sklearn's check)."""
     if array.dtype.kind == "O":
         missing = [i for i, value in enumerate(array) if is_missing(value)]
         if missing:
             raise ValueError(f"y has missing labels (None or NaN) at {len(missing)} rows: {_listed(missing)}. "
                              "Remove these rows or label them.")
-        kinds = {"number" if isinstance(v, numbers.Real) else type(v).__name__ for v in array}
+        kinds = {_label_kind(value) for value in array}
         if len(kinds) > 1 or not kinds <= {"number", "str"}:
             raise ValueError(f"Class labels must all be strings or all be numbers; y holds {sorted(kinds)}.")
         if kinds == {"number"}:

@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/fuzz.py --examples 1200 > fuzz.log 2>&1
 
-Each property runs ``--examples`` generated cases (the default 1200 makes about 11,000 in all, some
-ten minutes on one core). Prints, per property, the cases run and their outcomes (``ok``, or the error type
-raised by chemtag's own checks), then the totals. Exits with 1 when a property fails: hypothesis shrinks
+Each property runs ``--examples`` generated cases (the default 1200 makes about 11,000 in all, 3 to 8
+minutes on one core). Prints, per property, the cases run and their outcomes (``ok``, or the kind of
+message that refused the input), then the totals. Exits with 1 when a property fails: hypothesis shrinks
 the failing input and prints it with a ``@reproduce_failure`` line for the test.
 """
 

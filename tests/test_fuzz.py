@@ -30,7 +30,7 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from rdkit import Chem
@@ -86,12 +86,12 @@ KNOWN_MESSAGES = {
 }
 
 
+TOO_LONG = re.compile(r"\d+ prompts are longer than the limit of (\d+) tokens: rows (.*)\. Shorten")
+
+
 def error_kind(message: str) -> str | None:
     """The name of the known message ``message`` opens with, or None."""
     return next((name for name, pattern in KNOWN_MESSAGES.items() if re.match(pattern, message)), None)
-
-
-TOO_LONG = re.compile(r"\d+ prompts are longer than the limit of (\d+) tokens: rows (.*)\. Shorten")
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -226,6 +226,11 @@ OBJECTS = st.one_of(
 )
 
 
+def wrong_lengths(n: int) -> st.SearchStrategy[int]:
+    """Lengths from 0 to 7 other than ``n``."""
+    return st.integers(0, 7).filter(lambda m: m != n)
+
+
 def targets(n: int) -> st.SearchStrategy:
     """Regression targets for ``n`` rows: valid floats, floats with NaN/inf/huge values, any dtype, mixed
     lists, a nullable Series, the wrong length, 2-D, ragged lists and scalars."""
@@ -235,8 +240,9 @@ def targets(n: int) -> st.SearchStrategy:
     return st.one_of(
         hnp.arrays(np.float64, n, elements=st.floats(-1e6, 1e6)), hnp.arrays(np.float64, n), hnp.arrays(dtypes, n),
         st.lists(mixed, min_size=n, max_size=n),
-        st.lists(st.one_of(st.floats(-5, 5), st.none()), min_size=n, max_size=n).map(lambda v: pd.Series(v, dtype="Float64")),
-        st.integers(0, 7).filter(lambda m: m != n).flatmap(lambda m: hnp.arrays(np.float64, m, elements=st.floats(-5, 5))),
+        st.lists(st.one_of(st.floats(-5, 5), st.none()), min_size=n, max_size=n).map(
+            lambda values: pd.Series(values, dtype="Float64")),
+        wrong_lengths(n).flatmap(lambda m: hnp.arrays(np.float64, m, elements=st.floats(-5, 5))),
         st.integers(1, 3).flatmap(lambda k: hnp.arrays(np.float64, (n, k), elements=st.floats(-5, 5))),
         st.lists(st.lists(st.floats(-5, 5), max_size=2), min_size=n, max_size=n),
         st.one_of(st.none(), st.floats(), st.text(max_size=3)),
@@ -253,7 +259,7 @@ def labels(n: int) -> st.SearchStrategy:
         st.lists(mixed, min_size=n, max_size=n).map(lambda v: np.asarray(v, dtype=object)),
         st.lists(mixed, min_size=n, max_size=n).map(lambda v: pd.Series(v, dtype=object)),
         hnp.arrays(np.float64, n),
-        st.integers(0, 7).filter(lambda m: m != n).flatmap(lambda m: st.lists(st.sampled_from("ab"), min_size=m, max_size=m)),
+        wrong_lengths(n).flatmap(lambda m: st.lists(st.sampled_from("ab"), min_size=m, max_size=m)),
         st.integers(2, 3).flatmap(lambda k: hnp.arrays(np.int64, (n, k), elements=st.integers(0, 2))),
     )
 
@@ -270,7 +276,8 @@ def fitted_models() -> dict[str, TagLLMEstimator]:
                 pd.DataFrame({"Target": PROTEINS + PROTEINS[:2], "Drug": SMILES[:6]}), y),
             "combo": DrugComboRegressor(**FAST).fit(
                 pd.DataFrame({"Drug1": SMILES[:6], "Drug2": SMILES[6:], "Cell_Line_ID": CELL_LINES}), y),
-            "text": TagLLMRegressor(**FAST).fit(pd.DataFrame({"name": CELL_LINES, "dose": [0.1, 1, 10, 2.5, 0, -1]}), y),
+            "text": TagLLMRegressor(**FAST).fit(
+                pd.DataFrame({"name": CELL_LINES, "dose": [0.1, 1, 10, 2.5, 0, -1]}), y),
             "classifier": TagLLMClassifier({"Drug": "SMILES"}, **FAST).fit(
                 pd.DataFrame({"Drug": SMILES[:6]}), ["a", "b", "c"] * 2),
         }
@@ -336,17 +343,19 @@ def check_error(error: Exception, fields: dict[str, str], columns: dict[str, str
         limit, shown = TOO_LONG.match(message).groups()
         for row, tokens in re.findall(r"(\d+) \((\d+) tokens\)", shown):
             assert not invalid[int(row)] and int(tokens) > int(limit), message
+    elif error_kind(message) == "no label":
+        assert invalid is not None and invalid.any(), message
 
 
-def check_outputs(model: TagLLMEstimator, outputs, invalid: np.ndarray | None, on_invalid: str) -> None:
+def check_outputs(model: TagLLMEstimator, outputs, invalid: np.ndarray | None, on_invalid: str, labels: bool) -> None:
     """Predictions for a readable table: NaN exactly on invalid rows (``on_invalid="nan"`` only), finite
-    elsewhere; labels are fitted classes."""
+    elsewhere; ``labels`` are fitted classes (and exist only when no row is invalid)."""
     assert invalid is not None, "predicted from input whose columns the model cannot read"
     assert on_invalid == "nan" or not invalid.any(), "predicted from invalid rows under on_invalid='raise'"
     outputs = np.asarray(outputs)
     assert len(outputs) == len(invalid)
-    if outputs.dtype.kind not in "fc":
-        assert np.isin(outputs, model.classes_).all()
+    if labels:
+        assert not invalid.any() and np.isin(outputs, model.classes_).all()
         return
     nan_rows = np.isnan(outputs.reshape(len(outputs), -1)).any(axis=1)
     np.testing.assert_array_equal(nan_rows, invalid)
@@ -364,10 +373,11 @@ def check_predictions(label: str, model: TagLLMEstimator, X, on_invalid: str, me
         if sparse.issparse(X):
             assert isinstance(outcome, TypeError) and str(outcome).startswith("Sparse input")
     else:
-        check_outputs(model, outcome, invalid, on_invalid)
+        check_outputs(model, outcome, invalid, on_invalid, labels=method == "predict" and hasattr(model, "classes_"))
 
 
 def _finite_real(value) -> bool:
+    """Whether ``value`` is a real number float64 holds as a finite value."""
     if isinstance(value, Decimal):
         return value.is_finite()
     try:
@@ -583,7 +593,8 @@ def test_targets_that_are_no_usable_numbers_are_refused(y, message):
 
 @pytest.mark.parametrize("y, message", [
     (pd.Series(["a", None, "b"]), "y has missing labels (None or NaN) at 1 rows: 1."),
-    (pd.Series(["a", 1, "b"], dtype=object), "Class labels must all be strings or all be numbers; y holds ['number', 'str']."),
+    (pd.Series(["a", 1, "b"], dtype=object),
+     "Class labels must all be strings or all be numbers; y holds ['number', 'str']."),
 ])
 def test_labels_missing_or_of_mixed_kinds_are_refused(y, message):
     with pytest.raises(ValueError, match=re.escape(message)):  # were numpy's "'<' not supported between ..."
