@@ -126,7 +126,8 @@ def main() -> None:
     y = frame["Y"].to_numpy(np.float32)
     targets = torch.as_tensor((y - y.mean()) / y.std())[:, None].to(backbone.device)
     batches = length_bucketed_batches(prompts.lengths, args.batch_size, np.random.default_rng(0))
-    print(f"{args.pairs} pairs ({frame['Target'].nunique()} proteins, {frame['Drug'].nunique()} drugs), {len(batches)} batches of {args.batch_size}, prompts of "
+    print(f"{args.pairs} pairs ({frame['Target'].nunique()} proteins, {frame['Drug'].nunique()} drugs), "
+          f"{len(batches)} batches of {args.batch_size}, prompts of "
           f"{int(np.median(prompts.lengths))} tokens (median), {torch.get_num_threads()} threads, "
           f"{args.device}, {'bf16' if args.bf16 else 'fp32'}, isolate_segments={args.isolate}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from chemtag.backbones import Backbone
-from chemtag.prefix_attention import PrefixKV, prefix_attention
+from chemtag.prefix_attention import PrefixKV, enable_prefix_attention
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts
 
@@ -188,9 +188,9 @@ class TaggedModel(nn.Module):
             outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.attention_mask(batch, embeds.dtype),
                                        position_ids=positions, use_cache=keep_kv)
         else:
-            with prefix_attention(model):
-                outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.prefix_attention_mask(batch),
-                                           position_ids=positions, use_cache=keep_kv, chemtag_prefix=batch.prefix)
+            enable_prefix_attention(model)
+            outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.prefix_attention_mask(batch),
+                                       position_ids=positions, use_cache=keep_kv, chemtag_prefix=batch.prefix)
         kv = [(layer.keys, layer.values) for layer in outputs.cache.layers] if keep_kv else None
         return outputs.last_hidden_state, kv
 

@@ -1,14 +1,14 @@
 """Attention of a few new tokens over the cached keys/values of a frozen prefix.
 
 Registered with transformers as the attention implementation :data:`ATTENTION_NAME` and switched on
-around one forward call by :func:`prefix_attention`. The prefix enters as a constant: the backward
+for good by :func:`enable_prefix_attention` (without a prefix it is SDPA). The prefix enters as a constant: the backward
 pass computes no gradient for its keys/values (and zero-fills no buffer of their size), and the heads
 of a grouped-query model share the prefix keys without repeating them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 ATTENTION_NAME = "chemtag_prefix"
 _UNSUPPORTED = ("sliding_window", "softcap", "s_aux")
+_SWITCH = threading.Lock()
 
 
 @dataclass
@@ -79,16 +80,16 @@ def attend_with_prefix(module: torch.nn.Module, query: torch.Tensor, key: torch.
 
 
 AttentionInterface.register(ATTENTION_NAME, attend_with_prefix)
+# Calls without a prefix (full passes once the switch is on) get SDPA's masks too.
 ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
 
 
-@contextlib.contextmanager
-def prefix_attention(model: PreTrainedModel):
-    """Route ``model``'s attention through :func:`attend_with_prefix` inside the block."""
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
+def enable_prefix_attention(model: PreTrainedModel) -> None:
+    """Route ``model``'s attention through :func:`attend_with_prefix` from now on.
+
+    The switch is permanent and idempotent: calls without a prefix still run transformers' SDPA, so a
+    backbone shared by several threads never sees the implementation change under a running forward.
+    """
+    with _SWITCH:
+        if model.config._attn_implementation != ATTENTION_NAME:
+            model.config._attn_implementation = ATTENTION_NAME

@@ -21,7 +21,6 @@ Keys/values stay in memory up to a byte budget and go to a memory-mapped tempora
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import shutil
 import tempfile
@@ -35,8 +34,6 @@ from tqdm.auto import tqdm
 from chemtag.model import Batch, TaggedModel, autocast, pad_rows
 from chemtag.prefix_attention import PrefixKV
 from chemtag.templates import EncodedPrompts
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BYTES = 2 * 2**30
 _DISK_MARGIN_BYTES = 2 * 2**30

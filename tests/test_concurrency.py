@@ -65,11 +65,6 @@ def test_two_threads_predict_exactly_what_one_thread_predicts(pair):
         np.testing.assert_array_equal(model.predict(X), predictions)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "chemtag.prefix_attention.prefix_attention switches the shared backbone's config._attn_implementation "
-    "for the duration of one forward call; a thread that leaves the block restores its own saved value "
-    "while another thread is still inside, whose remaining layers then run plain SDPA over the prefix mask "
-    "(a shape error, or wrong numbers). Seen as ~1% failures when two threads predict repeated rows."))
 def test_two_threads_predicting_from_prefix_caches_in_the_worst_interleaving(pair):
     """Thread 1 enters the prefix-attention block, thread 2 enters after it, thread 1 finishes its call
     while thread 2 waits at its first layer: a schedule the OS can choose, forced here."""

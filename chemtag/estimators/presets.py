@@ -66,12 +66,17 @@ class ProteinDescriptorRegressor(TagLLMRegressor):
 
 
 class BindingAffinityRegressor(TagLLMRegressor):
-    """Protein + drug SMILES -> binding affinity (e.g. pKd). Columns ``Target`` and ``Drug``, as in TDC."""
+    """Protein + drug SMILES -> binding affinity (e.g. pKd). Columns ``Target`` and ``Drug``, as in TDC.
+
+    Segments are isolated by default (Tag-LLM's regression layout): each protein and each SMILES is then
+    computed once per fit and shared by all its pairs in the prefix cache.
+    """
 
     __init__ = _preset(
         TagLLMRegressor, domains={"Target": "Protein", "Drug": "SMILES"}, function_tag="BA",
         template=("Input: The protein sequence is <Protein> {Target}. The SMILES of the drug is <SMILES> {Drug}. "
                   "Output: The binding affinity is <BA>"),
+        isolate_segments=True,
     )
 
 
