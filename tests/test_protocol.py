@@ -102,3 +102,18 @@ def test_cli_pretrain_writes_a_library_with_measured_losses(tmp_path, tiny_llama
     assert set(losses) == {"no_tag", "initial_tag", "trained_tag"}
     assert tag.provenance["corpus"] == "corpus.txt" and tag.provenance["validation_texts"] == 4
     assert f"trained_tag {losses['trained_tag']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_fresh_install_finds_the_shipped_tags_for_the_default_backbone():
+    from chemtag.backbones import load_backbone
+
+    backbone = load_backbone()
+    library = pretrained.shipped_library(backbone)
+    assert library is not None and {"SMILES", "Protein"} <= set(library.tags)
+    for tag in library.tags.values():
+        assert tag.vectors.shape == (10, backbone.hidden_size) and tag.provenance["stage"] == 1
+        losses = tag.provenance["held_out_loss_nats_per_token"]
+        assert losses["trained_tag"] < losses["no_tag"]  # the shipped measurement says the tag helps
+    tags = pretrained.domain_tags(backbone, ["SMILES"], "pretrained", 10)
+    assert torch.equal(tags[0].vectors, library["SMILES"].vectors)
