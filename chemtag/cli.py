@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="data-parallel over the processes of `accelerate launch` (gradients averaged)")
 
     demo = commands.add_parser("demo", help="fit a QED regressor on bundled SMILES with the default backbone")
-    demo.add_argument("--n-train", type=int, default=200)
-    demo.add_argument("--max-epochs", type=int, default=3)
+    demo.add_argument("--n-train", type=int, default=800)
+    demo.add_argument("--max-epochs", type=int, default=10)
     return parser
 
 

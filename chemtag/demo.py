@@ -13,7 +13,7 @@ from chemtag.estimators import QEDRegressor
 from chemtag.validation import canonical_smiles
 
 
-def run_demo(n_train: int = 200, n_test: int = 100, max_epochs: int = 3, seed: int = 0, verbose: int = 1) -> dict:
+def run_demo(n_train: int = 800, n_test: int = 200, max_epochs: int = 10, seed: int = 0, verbose: int = 1) -> dict:
     """Fit :class:`QEDRegressor` on ``n_train`` ChEMBL SMILES (QED labels from RDKit) with the default
     backbone; return held-out MSE for the model and for predicting the training mean."""
     smiles = [s for s in demo_smiles() if canonical_smiles(s) and len(s) <= 80]
