@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="data-parallel over the processes of `accelerate launch` (gradients averaged)")
 
     demo = commands.add_parser("demo", help="fit a QED regressor on bundled SMILES with the default backbone")
-    demo.add_argument("--n-train", type=int, default=800)
-    demo.add_argument("--max-epochs", type=int, default=10)
+    demo.add_argument("--n-train", type=int, default=None, help="training SMILES (default: run_demo's)")
+    demo.add_argument("--max-epochs", type=int, default=None, help="epochs (default: run_demo's)")
     return parser
 
 
@@ -147,7 +147,8 @@ def _pretrain(args) -> None:
 def _demo(args) -> None:
     from chemtag.demo import run_demo
 
-    result = run_demo(n_train=args.n_train, max_epochs=args.max_epochs)
+    options = {"n_train": args.n_train, "max_epochs": args.max_epochs}
+    result = run_demo(**{name: value for name, value in options.items() if value is not None})
     print(
         f"QEDRegressor on {result['n_train']} ChEMBL SMILES, {result['n_test']} held out: "
         f"MSE {result['mse']:.4f} (mean predictor {result['mean_predictor_mse']:.4f}) in {result['seconds']:.0f} s"
