@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from chemtag.tags import TagLibrary, file_sha256
+from chemtag.tags import TagLibrary, file_sha256, read_versioned_json
 
 FORMAT_VERSION = 1
 _CONFIG_FILE = "estimator.json"
@@ -60,12 +60,7 @@ def load_estimator(folder: str | Path, expected_class: type | None = None):
 
     folder = Path(folder)
     config_path = folder / _CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a saved chemtag model: {_CONFIG_FILE} is missing.")
-    config = json.loads(config_path.read_text())
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{config_path} has format version {version!r}; this chemtag reads up to {FORMAT_VERSION}. Upgrade chemtag.")
+    config = read_versioned_json(config_path, "saved chemtag model", FORMAT_VERSION)
     cls = ESTIMATORS.get(config.get("class"))
     if cls is None:
         raise ValueError(f"{config_path} names an unknown estimator class {config.get('class')!r}.")

@@ -112,16 +112,7 @@ class TagLibrary:
     def load(cls, folder: str | Path, backbone: Backbone | dict | None = None) -> "TagLibrary":
         """Read a library; with ``backbone`` (or its fingerprint), refuse one made for another model."""
         folder = Path(folder)
-        manifest_path = folder / _MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a tag library: {_MANIFEST_FILE} is missing.")
-        manifest = json.loads(manifest_path.read_text())
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ValueError(
-                f"{manifest_path} has format version {version!r}; this chemtag reads versions up to "
-                f"{FORMAT_VERSION}. Upgrade chemtag to load it."
-            )
+        manifest = read_versioned_json(folder / _MANIFEST_FILE, "tag library", FORMAT_VERSION)
         if backbone is not None:
             expected = backbone.fingerprint if isinstance(backbone, Backbone) else backbone
             check_fingerprint(manifest["backbone"], expected, source=str(folder))
@@ -134,6 +125,21 @@ class TagLibrary:
             for name, meta in manifest["tags"].items()
         }
         return cls(manifest["backbone"], tags)
+
+
+def read_versioned_json(path: Path, what: str, supported_version: int) -> dict:
+    """The JSON at ``path``; a missing file, or a format version newer than ``supported_version``, is a
+    clear error (``what`` names the kind of folder, e.g. "tag library")."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a {what}: {path.name} is missing.")
+    content = json.loads(path.read_text())
+    version = content.get("format_version")
+    if not isinstance(version, int) or version > supported_version:
+        raise ValueError(
+            f"{path} has format version {version!r}; this chemtag reads versions up to {supported_version}. "
+            f"Upgrade chemtag to load it."
+        )
+    return content
 
 
 def check_fingerprint(recorded: dict, expected: dict, source: str) -> None:
