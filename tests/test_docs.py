@@ -13,7 +13,7 @@ def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-RUNNABLE_PAGES = [DOCS / "quickstart.md", *sorted((DOCS / "estimators").glob("*.md"))]
+RUNNABLE_PAGES = [DOCS / "quickstart.md", DOCS / "generation.md", *sorted((DOCS / "estimators").glob("*.md"))]
 
 
 @pytest.mark.parametrize("page", [str(p.relative_to(DOCS)) for p in RUNNABLE_PAGES])
