@@ -1,15 +1,14 @@
-"""Command line: ``python -m benchmarks run --task TASK --budget quick|full [--methods a,b]`` and ``list``."""
+"""Command line: ``python -m benchmarks run --task TASK --budget quick|full [--methods a,b]``, ``list``, ``report``."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.methods import METHODS
-from benchmarks.runner import BACKBONE_ENV_VAR, IMG_DIR, RESULTS_DIR, run_many
-from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS, Task
+from benchmarks.runner import BACKBONE_ENV_VAR, IMG_DIR, RESULTS_DIR, redraw, run_many
+from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,21 +21,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
     run.add_argument("--fold", type=int, default=0, help="test fold of tasks with folds (dc-oneil: 0-4)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--n-train", type=int, help="training rows to draw (default: the budget's)")
+    run.add_argument("--n-train", type=int, help="training rows to draw (default: the budget's); "
+                     "results then go to files named {task}-{budget}-{n_train}x{n_test}")
     run.add_argument("--n-test", type=int, help="test rows to draw (default: the budget's)")
     run.add_argument("--backbone", help=f"chemtag's backbone (default: ${BACKBONE_ENV_VAR} or smollm2-135m)")
     run.add_argument("--data-dir", type=Path, default=DATA_DIR)
     run.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     run.add_argument("--img-dir", type=Path, default=IMG_DIR)
     commands.add_parser("list", help="list tasks, budgets and methods")
+    redraw = commands.add_parser("report", help="redraw every table and plot from the result CSV files")
+    redraw.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    redraw.add_argument("--img-dir", type=Path, default=IMG_DIR)
     return main
-
-
-def _with_rows(task: Task, budget: str, n_train: int | None, n_test: int | None) -> Task:
-    """``task`` with the budget's row counts replaced where given."""
-    rows = task.rows(budget)
-    rows = replace(rows, n_train=n_train or rows.n_train, n_test=n_test or rows.n_test)
-    return replace(task, **{budget: rows})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         for method in METHODS.values():
             print(f"method {method.name}: {method.description}")
         return 0
+    if arguments.command == "report":
+        for table in sorted(arguments.results_dir.glob("*-history.csv")):
+            redraw(table.name.removesuffix("-history.csv"), arguments.results_dir, arguments.img_dir)
+            print(f"redrew {table.name.removesuffix('-history.csv')}")
+        return 0
     methods = arguments.methods.split(",") if arguments.methods else None
     unknown = set(methods or ()) - set(METHODS)
     if unknown:
         raise SystemExit(f"Unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     names = list(TASKS) if "all" in arguments.task else list(dict.fromkeys(arguments.task))
-    tasks = [_with_rows(TASKS[name], arguments.budget, arguments.n_train, arguments.n_test) for name in names]
     started = time.perf_counter()
-    run_many(tasks, arguments.budget, methods=methods, fold=arguments.fold,
+    run_many([TASKS[name] for name in names], arguments.budget, arguments.n_train, arguments.n_test,
+             methods=methods, fold=arguments.fold,
              seed=arguments.seed, backbone=arguments.backbone, data_dir=arguments.data_dir,
              results_dir=arguments.results_dir, img_dir=arguments.img_dir)
     print(f"done in {time.perf_counter() - started:.0f}s")

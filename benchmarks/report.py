@@ -90,11 +90,13 @@ def learning_curves(history: pd.DataFrame, path: Path, title: str) -> Path | Non
     from matplotlib import pyplot
 
     figure, axis = pyplot.subplots(figsize=(6, 4))
-    for (method, color) in zip(dict.fromkeys(history["method"]), pyplot.rcParams["axes.prop_cycle"].by_key()["color"] * 3):
+    colors = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    for method, color in zip(dict.fromkeys(history["method"]), colors * 3):
         rows = history[history["method"] == method]
-        axis.plot(rows["epoch"], rows["train_loss"], color=color, label=f"{method} train")
-        if "valid_loss" in rows and rows["valid_loss"].notna().any():
-            axis.plot(rows["epoch"], rows["valid_loss"], color=color, linestyle="--", label=f"{method} valid")
+        axis.plot(rows["epoch"], rows["train_loss"], color=color, marker="o", markersize=3, label=f"{method} train")
+        if rows["valid_loss"].notna().any():
+            axis.plot(rows["epoch"], rows["valid_loss"], color=color, marker="o", markersize=3, linestyle="--",
+                      label=f"{method} valid")
     axis.set(xlabel="epoch", ylabel="MSE (standardised target)", yscale="log", title=title)
     axis.legend(fontsize=7)
     figure.tight_layout()

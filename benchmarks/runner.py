@@ -7,7 +7,7 @@ import gc
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -69,6 +69,12 @@ def resolve_methods(task: Task, methods: Sequence[str | Method] | None) -> list[
     return [m for m in chosen if m.applies_to(task)]
 
 
+def results_stem(task: Task, budget: Budget, rows: Rows) -> str:
+    """File name stem of a run: ``{task}-{budget}``, plus ``-{n_train}x{n_test}`` for rows other than the budget's."""
+    stem = f"{task.name}-{budget.name}"
+    return stem if rows == task.rows(budget.name) else f"{stem}-{rows.n_train or 'all'}x{rows.n_test or 'all'}"
+
+
 def evaluate(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {name: METRICS[name](y_true, y_pred) for name in task.metrics}
 
@@ -78,9 +84,10 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
         results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR, log=print) -> pd.DataFrame:
     """Fit every method on the same training rows, score it on the test rows, write the outputs.
 
-    Writes ``{task}-{budget}.csv`` (one row per method and metric), ``-predictions.csv``,
-    ``-history.csv`` and ``.md`` under ``results_dir``, and ``{task}-{budget}-scatter.png`` and
-    ``-curves.png`` under ``img_dir``. Returns this run's result rows.
+    ``rows`` replaces the budget's rows of ``task``. Writes ``{stem}.csv`` (one row per method and
+    metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``,
+    and ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir``, with the stem of
+    :func:`results_stem`. Returns this run's result rows.
     """
     rows = rows or task.rows(budget.name)
     backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
@@ -115,26 +122,39 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
         del model
         gc.collect()
     results = pd.DataFrame(results, columns=report.RESULT_COLUMNS)
-    write_outputs(task, budget, results, predictions, histories, results_dir, img_dir)
+    write_outputs(results_stem(task, budget, rows), results, predictions, histories, results_dir, img_dir)
     return results
 
 
-def write_outputs(task: Task, budget: Budget, results: pd.DataFrame, predictions: list[pd.DataFrame],
-                  histories: list[pd.DataFrame], results_dir: Path, img_dir: Path) -> None:
-    """Merge this run into the task's files and redraw its table and plots."""
+def write_outputs(stem: str, results: pd.DataFrame, predictions: list[pd.DataFrame], histories: list[pd.DataFrame],
+                  results_dir: Path, img_dir: Path) -> None:
+    """Merge this run into the files of ``stem`` and redraw its table and plots."""
     if results.empty:
         return
-    stem = f"{task.name}-{budget.name}"
-    every = report.merge_into(results_dir / f"{stem}.csv", results, ["method", "metric"])
-    predicted = report.merge_into(results_dir / f"{stem}-predictions.csv", pd.concat(predictions), ["method"])
-    history = report.merge_into(results_dir / f"{stem}-history.csv", pd.concat(histories), ["method"])
-    (results_dir / f"{stem}.md").write_text(report.markdown_table(every))
-    title = f"{task.name}, {budget.name} budget"
-    report.scatter_plot(predicted, img_dir / f"{stem}-scatter.png", title)
+    report.merge_into(results_dir / f"{stem}.csv", results, ["method", "metric"])
+    report.merge_into(results_dir / f"{stem}-predictions.csv", pd.concat(predictions), ["method"])
+    report.merge_into(results_dir / f"{stem}-history.csv", pd.concat(histories), ["method"])
+    redraw(stem, results_dir, img_dir)
+
+
+def redraw(stem: str, results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR) -> None:
+    """The markdown table and the plots of ``stem`` from its CSV files."""
+    results = pd.read_csv(results_dir / f"{stem}.csv")
+    predictions = pd.read_csv(results_dir / f"{stem}-predictions.csv")
+    history = pd.read_csv(results_dir / f"{stem}-history.csv")
+    (results_dir / f"{stem}.md").write_text(report.markdown_table(results))
+    title = f"{stem}: {len(predictions) // predictions['method'].nunique()} test rows"
+    report.scatter_plot(predictions, img_dir / f"{stem}-scatter.png", title)
     report.learning_curves(history.dropna(subset=["train_loss"]), img_dir / f"{stem}-curves.png", title)
 
 
-def run_many(tasks: Sequence[Task], budget: str | Budget = "quick", **options) -> pd.DataFrame:
-    """:func:`run` on each task in turn; the concatenated result rows."""
+def run_many(tasks: Sequence[Task], budget: str | Budget = "quick", n_train: int | None = None,
+             n_test: int | None = None, **options) -> pd.DataFrame:
+    """:func:`run` on each task in turn, with the budget's row counts replaced where given; the result rows."""
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
-    return pd.concat([run(task, budget, **options) for task in tasks], ignore_index=True)
+    results = []
+    for task in tasks:
+        rows = task.rows(budget.name)
+        rows = replace(rows, n_train=n_train or rows.n_train, n_test=n_test or rows.n_test)
+        results.append(run(task, budget, rows=rows, **options))
+    return pd.concat(results, ignore_index=True)

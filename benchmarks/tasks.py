@@ -55,8 +55,7 @@ BUDGETS = {
     "full": Budget("full", tag_epochs=20, peft_epochs=5, neural_epochs=100, boosting_rounds=1000, forest_trees=300,
                    batch_size=16),
 }
-QUICK_ROWS = Rows(64, 32)
-QUICK_PROTEIN_ROWS = Rows(64, 32, max_residues=64)
+QUICK_PROTEIN_CROP = 64  # residues kept of each protein in the quick budget
 
 
 @dataclass(frozen=True)
@@ -130,22 +129,22 @@ TASKS: dict[str, Task] = {
         "ba-davis", "Davis kinase binding affinity (pKd), DeepDTA setting 1: folds 0-4 train, `test` test",
         {"Target": "protein", "Drug": "molecule"}, BindingAffinityRegressor, ("mse", "ci", "pearson", "spearman"),
         _read_davis, lambda frame, fold, seed: davis_setting1(frame["fold"]), lambda frame: frame["Y"].to_numpy(float),
-        quick=QUICK_PROTEIN_ROWS,
+        quick=Rows(128, 64, QUICK_PROTEIN_CROP),
     ),
     "dc-oneil": Task(
         "dc-oneil", "O'Neil drug-combination synergy (Loewe), 5 folds grouped by unordered drug pair",
         {"Drug1": "molecule", "Drug2": "molecule", "Cell_Line_ID": "cell_line"}, DrugComboRegressor,
         ("mae", "rmse", "pearson"), _read_oneil,
         lambda frame, fold, seed: pair_split(frame["Drug1_ID"], frame["Drug2_ID"], fold, 5, seed),
-        lambda frame: frame["Y"].to_numpy(float), quick=QUICK_ROWS, n_folds=5,
+        lambda frame: frame["Y"].to_numpy(float), quick=Rows(128, 64), n_folds=5,
     ),
     "qed": Task(
         "qed", "RDKit QED of MOSES SMILES, random 80/20 split", {"Drug": "molecule"}, QEDRegressor, ("mse",),
-        _read_moses, _random, lambda frame: qed(frame["Drug"]), quick=QUICK_ROWS,
+        _read_moses, _random, lambda frame: qed(frame["Drug"]), quick=Rows(200, 100),
     ),
     "descriptor": Task(
         "descriptor", "GRAVY (chemtag's default protein descriptor) of distinct proteins, random 80/20 split",
         {"Target": "protein"}, ProteinDescriptorRegressor, ("mse",), _read_proteins, _random,
-        lambda frame: protein_descriptor(frame["Target"]), quick=QUICK_PROTEIN_ROWS,
+        lambda frame: protein_descriptor(frame["Target"]), quick=Rows(200, 100, QUICK_PROTEIN_CROP),
     ),
 }

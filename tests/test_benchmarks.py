@@ -20,7 +20,7 @@ from benchmarks.metrics import concordance_index, pearson
 from benchmarks.neural import DeepSynergyRegressor
 from benchmarks.peft_baselines import plain_prompts
 from benchmarks.report import merge_into
-from benchmarks.runner import load_data, run
+from benchmarks.runner import load_data, results_stem, run
 from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
 from benchmarks.tasks import TASKS, Budget, Rows, Task
 
@@ -217,10 +217,11 @@ def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, shared_data, 
     assert set(results["metric"]) == set(TASKS[task].metrics)
     assert (results["n_train"] == TINY_ROWS.n_train).all() and (results["n_test"] == TINY_ROWS.n_test).all()
     assert results.loc[results["metric"].isin(["mse", "mae", "rmse"]), "value"].notna().all()
-    table = (tmp_path / "results" / f"{task}-tiny.md").read_text()
+    stem = results_stem(TASKS[task], TINY_BUDGET, TINY_ROWS)
+    table = (tmp_path / "results" / f"{stem}.md").read_text()
     assert all(f"| {method} |" in table for method in ran)
-    assert (tmp_path / "img" / f"{task}-tiny-scatter.png").stat().st_size > 0
-    written = pd.read_csv(tmp_path / "results" / f"{task}-tiny.csv")
+    assert (tmp_path / "img" / f"{stem}-scatter.png").stat().st_size > 0
+    written = pd.read_csv(tmp_path / "results" / f"{stem}.csv")
     assert {"task", "method", "metric", "value", "fit_seconds", "n_train", "n_test", "budget", "date",
             "machine"} <= set(written.columns)
 
@@ -249,6 +250,17 @@ def test_cli_runs_a_task_into_the_given_folders(shared_data, tmp_path):
                      "--n-test", "10", "--data-dir", str(shared_data), "--results-dir", str(tmp_path),
                      "--img-dir", str(tmp_path)])
     assert code == 0
-    written = pd.read_csv(tmp_path / "qed-quick.csv")
+    written = pd.read_csv(tmp_path / "qed-quick-30x10.csv")
     assert set(written["method"]) == {"mean", "gbm"}
     assert (written["n_train"] == 30).all() and (written["n_test"] == 10).all()
+
+
+def test_cli_report_redraws_tables_and_plots_from_the_csv_files(shared_data, tmp_path):
+    cli.main(["run", "--task", "qed", "--methods", "mean", "--n-train", "20", "--n-test", "8", "--data-dir",
+              str(shared_data), "--results-dir", str(tmp_path), "--img-dir", str(tmp_path)])
+    drawn = [tmp_path / "qed-quick-20x8.md", tmp_path / "qed-quick-20x8-scatter.png"]
+    for path in drawn:
+        path.unlink()
+    assert cli.main(["report", "--results-dir", str(tmp_path), "--img-dir", str(tmp_path)]) == 0
+    assert all(path.is_file() for path in drawn)
+    assert "| mean |" in drawn[0].read_text()
