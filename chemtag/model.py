@@ -201,4 +201,8 @@ class TaggedModel(nn.Module):
         return hidden[rows, batch.readout].float()
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.readout_states(batch))
+        """Head outputs ``(B, k)``; the head runs in float32 even under bfloat16 autocast (it is small and
+        its inputs are standardised differences that bfloat16 would blur)."""
+        readouts = self.readout_states(batch)
+        with torch.autocast(device_type=readouts.device.type, enabled=False):
+            return self.head(readouts)

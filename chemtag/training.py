@@ -33,6 +33,9 @@ class TrainingConfig:
     ``prefix_cache`` computes the keys/values of every prompt's frozen prefix once per fit when only
     function tags train (exact; see :mod:`chemtag.prefix_cache`), holding up to
     ``cache_memory_bytes`` in memory and the rest in a temporary memory-mapped file.
+    ``initialise_head`` fits a head that can (one with an ``initialise`` method, such as
+    :class:`~chemtag.heads.LinearHead`) to the readouts of the untrained tags before the first epoch
+    of a fresh fit (a linear probe, recorded as epoch 0), so that training starts from it.
     """
 
     max_epochs: int = 20
@@ -46,6 +49,7 @@ class TrainingConfig:
     random_state: int | None = 0
     prefix_cache: bool = True
     cache_memory_bytes: int = DEFAULT_MEMORY_BYTES
+    initialise_head: bool = True
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -81,11 +85,16 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     lengths = prompts.lengths
 
     best_loss, best_state, stale = math.inf, None, 0
+    if config.initialise_head and not history and hasattr(model.head, "initialise"):
+        record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config)
+        history.append(record)
+        best_loss, best_state = record.get("valid_loss", record["train_loss"]), copy.deepcopy(model.state_dict())
     torch_seed = int(rng.integers(2**31))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
-            for epoch in range(len(history) + 1, len(history) + config.max_epochs + 1):
+            first = history[-1]["epoch"] + 1 if history else 1
+            for epoch in range(first, first + config.max_epochs):
                 started = time.perf_counter()
                 batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
                 model.train()
@@ -125,6 +134,26 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
             model.load_state_dict(best_state)
         model.eval()
     return history
+
+
+def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
+                     lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
+                     config: TrainingConfig) -> dict:
+    """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's record."""
+    started = time.perf_counter()
+    readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
+                        config.bf16, readouts_only=True)
+    readouts = readouts.to(targets.device)
+    train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
+    model.head.initialise(train_readouts, targets[train_rows], loss_fn, valid_readouts, targets[valid_rows])
+    with torch.no_grad():
+        record = {"epoch": 0, "train_loss": loss_fn(model.head(train_readouts), targets[train_rows]).item()}
+        if len(valid_rows):
+            record["valid_loss"] = loss_fn(model.head(valid_readouts), targets[valid_rows]).item()
+    record.update(best=True, seconds=time.perf_counter() - started)
+    if config.verbose > 0:
+        tqdm.write(_describe(record) + "  (head fitted to the initial readouts)")
+    return record
 
 
 def _computed(cache: PrefixCache, batch_size: int, bf16: bool, memory_bytes: int, verbose: int) -> PrefixCache | None:
@@ -187,14 +216,16 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
 
 @torch.no_grad()
 def _outputs(model: TaggedModel, batcher: Batcher, rows: np.ndarray, lengths: np.ndarray, batch_size: int,
-             bf16: bool, verbose: int = 0) -> torch.Tensor:
-    """Head outputs ``(len(rows), k)`` float32 on the CPU for prompts ``rows``, in that order."""
+             bf16: bool, verbose: int = 0, readouts_only: bool = False) -> torch.Tensor:
+    """Head outputs ``(len(rows), k)`` (or the head's inputs ``(len(rows), d)`` with ``readouts_only``)
+    float32 on the CPU for prompts ``rows``, in that order."""
+    compute = model.readout_states if readouts_only else model
     model.eval()
     order = np.argsort(lengths[rows], kind="stable")
     outputs = []
     for start in tqdm(range(0, len(order), batch_size), desc="predict", disable=verbose <= 0, leave=False):
         with autocast(model, bf16):
-            outputs.append(model(batcher(rows[order[start:start + batch_size]])).float().cpu())
+            outputs.append(compute(batcher(rows[order[start:start + batch_size]])).float().cpu())
     result = torch.cat(outputs)
     unsorted = torch.empty_like(result)
     unsorted[torch.as_tensor(order)] = result

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
@@ -22,10 +23,10 @@ def _strings(n: int, seed: int, alphabet: str = "CO") -> list[str]:
     return ["".join(rng.choice(list(alphabet), size=rng.integers(4, 13))) for _ in range(n)]
 
 
-def _model(backbone, seed: int = 0) -> TaggedModel:
+def _model(backbone, seed: int = 0, head: nn.Module | None = None) -> TaggedModel:
     torch.manual_seed(seed)
     tags = [Tag.initialise("Text", "domain", backbone, P), Tag.initialise("Count", "function", backbone, P)]
-    return TaggedModel(backbone, tags, nn.Linear(backbone.hidden_size, 1), trainable=["Count"])
+    return TaggedModel(backbone, tags, head or nn.Linear(backbone.hidden_size, 1), trainable=["Count"])
 
 
 def _prompts(model: TaggedModel, texts: list[str]) -> EncodedPrompts:
@@ -83,6 +84,33 @@ def test_a_tiny_backbone_learns_to_count_a_letter(tiny_llama):
     predictions = predict(model, prompts.subset(test_rows), batch_size=64)
     variance = targets[test_rows].var(unbiased=False)
     assert mse(predictions, targets[test_rows]) < 0.3 * variance
+
+
+def test_a_head_that_can_be_initialised_is_fitted_to_the_readouts_as_epoch_0(tiny_llama):
+    texts = _strings(80, seed=7)
+    counts = torch.tensor([[text.count("C") - 4.0] for text in texts])
+    model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+    prompts = _prompts(model, texts)
+    history = train(model, prompts, counts, mse, _config(max_epochs=1, lr=0.0))
+    assert [record["epoch"] for record in history] == [0, 1]
+    assert history[0]["best"] and not history[1]["best"], "with lr=0 epoch 1 cannot beat the fitted head"
+    assert history[0]["valid_loss"] < 0.5 * counts.var().item(), "a linear probe of the readouts already counts"
+    outputs = predict(model, prompts, batch_size=16)
+    assert mse(outputs, counts).item() < counts.var().item()
+
+
+def test_the_head_is_fitted_only_when_asked_and_only_at_the_start_of_a_fit(tiny_llama):
+    texts, targets = _strings(40, seed=8), _noise(40)
+    model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+    prompts = _prompts(model, texts)
+    history = train(model, prompts, targets, mse, _config(max_epochs=1, initialise_head=False))
+    assert [record["epoch"] for record in history] == [1]
+    fresh = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+    history = train(fresh, prompts, targets, mse, _config(max_epochs=1))
+    statistics = fresh.head.feature_mean.clone()
+    history = train(fresh, prompts, targets, mse, _config(max_epochs=2), history=history)
+    assert [record["epoch"] for record in history] == [0, 1, 2, 3], "a continued fit keeps its head"
+    assert torch.equal(fresh.head.feature_mean, statistics)
 
 
 class RecordingLoss:
