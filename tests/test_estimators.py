@@ -154,3 +154,11 @@ def test_prompts_longer_than_max_length_are_refused_with_their_rows():
     model = QEDRegressor(max_length=50, **FAST)
     with pytest.raises(ValueError, match=r"1 prompts are longer than the limit of 50 tokens: rows 1 \("):
         model.fit(["CCO", "C" * 60], [0.1, 0.2])
+
+
+def test_a_dataframe_without_column_names_reads_like_the_array_it_wraps():
+    array = np.array(SMILES, dtype=object)[:, None]
+    from_frame = TagLLMRegressor(**FAST).fit(pd.DataFrame(array), TARGETS)
+    from_array = TagLLMRegressor(**FAST).fit(array, TARGETS)
+    assert from_frame.template_ == from_array.template_
+    np.testing.assert_array_equal(from_frame.predict(pd.DataFrame(array)), from_array.predict(array))

@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from chemtag import pretrained
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.domains import get_domain
-from chemtag.estimators._inputs import as_frame, read_fields
+from chemtag.estimators._inputs import as_frame, has_column_names, read_fields
 from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag
@@ -240,8 +240,8 @@ class TagLLMEstimator(BaseEstimator):
             del self.feature_names_in_
 
     def _check_columns_at_predict(self, X, frame) -> None:
-        """Arrays must have the fitted column count; DataFrames need only the fields' columns."""
-        if not hasattr(X, "columns") and frame.shape[1] != self.n_features_in_:
+        """Arrays must have the fitted column count; tables with column names need only the fields' columns."""
+        if not has_column_names(X) and frame.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {frame.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
                 f"features as input."

@@ -15,14 +15,22 @@ from chemtag.validation import InvalidInputError, report_invalid
 logger = logging.getLogger(__name__)
 
 
+def has_column_names(X) -> bool:
+    """Whether ``X`` names its columns: a DataFrame with at least one string column name."""
+    return isinstance(X, pd.DataFrame) and any(isinstance(column, str) for column in X.columns)
+
+
 def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
     """``X`` as a DataFrame with string column names.
 
-    DataFrames keep their columns; a Series or 1-D sequence becomes one column; a 2-D array's columns
+    DataFrames with named columns keep them (as strings); a Series or 1-D sequence becomes one column;
+    the columns of a 2-D array, or of a DataFrame with no string column name (``pd.DataFrame(array)``),
     are named after ``fields`` in order when their count matches, else ``x0, x1, ...``.
     """
     if sparse.issparse(X):
         raise TypeError("Sparse input is not supported: pass a DataFrame or a dense 2-D array of strings.")
+    if isinstance(X, pd.DataFrame) and not has_column_names(X):
+        X = X.to_numpy(dtype=object)
     if isinstance(X, pd.DataFrame):
         frame = X
     elif isinstance(X, pd.Series):
