@@ -36,7 +36,8 @@ def save_estimator(estimator, folder: str | Path) -> Path:
     library = TagLibrary(estimator.backbone_fingerprint_, estimator.tags_)
     library.save(folder / _TAGS_FOLDER)
     save_file({k: v.contiguous() for k, v in estimator.head_.items()}, folder / _HEAD_FILE)
-    params = estimator.get_params(deep=False)
+    params = {name: str(value) if isinstance(value, Path) else value  # checkpoint_dir may be a Path
+              for name, value in estimator.get_params(deep=False).items()}
     try:
         json.dumps(params)
     except TypeError as error:

@@ -128,11 +128,14 @@ class TagLibrary:
 
 
 def read_versioned_json(path: Path, what: str, supported_version: int) -> dict:
-    """The JSON at ``path``; a missing file, or a format version newer than ``supported_version``, is a
-    clear error (``what`` names the kind of folder, e.g. "tag library")."""
+    """The JSON at ``path``; a missing file, one that is not JSON, or a format version newer than
+    ``supported_version`` is a clear error (``what`` names the kind of folder, e.g. "tag library")."""
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} is not a {what}: {path.name} is missing.")
-    content = json.loads(path.read_text())
+    try:
+        content = json.loads(path.read_text())
+    except ValueError as error:  # invalid JSON or UTF-8
+        raise ValueError(f"{path} is not valid JSON ({error}): the file is corrupted.") from None
     version = content.get("format_version")
     if not isinstance(version, int) or version > supported_version:
         raise ValueError(

@@ -7,12 +7,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from chemtag.checkpoint import Checkpoint, TrainingState, fit_fingerprint
 from chemtag.model import Batch, TaggedModel, autocast
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES, PrefixCache, PrefixCacheTooLarge
 from chemtag.templates import EncodedPrompts
@@ -35,7 +37,13 @@ class TrainingConfig:
     ``cache_memory_bytes`` in memory and the rest in a temporary memory-mapped file.
     ``initialise_head`` fits a head that can (one with an ``initialise`` method, such as
     :class:`~chemtag.heads.LinearHead`) to the readouts of the untrained tags before the first epoch
-    of a fresh fit (a linear probe, recorded as epoch 0), so that training starts from it.
+    of a fresh fit (a linear probe, recorded as epoch 0), so that training starts from it; with
+    validation rows, epoch 0 is also a candidate for the best epoch restored at the end.
+    ``checkpoint_dir`` (a folder) receives a checkpoint after every epoch, epoch 0 included; a fit
+    that finds its own checkpoint there resumes after its last epoch from the state saved and ends as
+    the uninterrupted fit would have (bit for bit on the same machine). A completed fit's checkpoint
+    stays, so that running the same fit again returns its result at once; a checkpoint of another
+    fit is refused (see :mod:`chemtag.checkpoint`).
     """
 
     max_epochs: int = 20
@@ -50,6 +58,7 @@ class TrainingConfig:
     prefix_cache: bool = True
     cache_memory_bytes: int = DEFAULT_MEMORY_BYTES
     initialise_head: bool = True
+    checkpoint_dir: str | Path | None = None
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -69,13 +78,39 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     """Train the model's trainable tags and head in place; return the history (one dict per epoch).
 
     ``targets`` ``(n, ...)`` are aligned with ``prompts``. Interrupting with Ctrl-C keeps the best
-    weights so far. Passing an earlier ``history`` continues its epoch count (warm start).
+    weights so far. Passing an earlier ``history`` continues its epoch count (warm start). With
+    ``config.checkpoint_dir`` a killed fit can be resumed by calling ``train`` again with the same
+    arguments.
     """
     history = list(history or [])
+    first_epoch = history[-1]["epoch"] + 1 if history else 1
+    last_epoch = first_epoch + config.max_epochs - 1
     rng = np.random.default_rng(config.random_state)
     train_rows, valid_rows = _split(len(prompts), config.validation_fraction, rng)
+    torch_rng = torch.Generator().manual_seed(int(rng.integers(2**31))).get_state()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    best_loss, best_state, stale = math.inf, None, 0
+    checkpoint = None
+    if config.checkpoint_dir is not None:
+        checkpoint = Checkpoint(config.checkpoint_dir, fit_fingerprint(model, prompts, targets, config, first_epoch))
+        restored = checkpoint.load()
+        if restored is not None:
+            _restore(restored, model, optimizer, rng)
+            history, best_state, best_loss, stale = (restored.history, restored.best_model, restored.best_loss,
+                                                      restored.stale_epochs)
+            train_rows, valid_rows, torch_rng = restored.train_rows, restored.valid_rows, restored.torch_rng
+            if restored.complete:
+                _keep_best(model, best_state)
+                return history
+
+    def save_checkpoint(torch_state: torch.Tensor, complete: bool) -> None:
+        """Write where the fit stands after the epoch just recorded (with torch's random state then)."""
+        if checkpoint is not None:
+            checkpoint.save(TrainingState(model.state_dict(), best_state, optimizer.state_dict(), history, best_loss,
+                                          stale, rng.bit_generator.state, torch_state, train_rows, valid_rows,
+                                          complete))
+
     cache = None
     if config.prefix_cache and model.prefix_is_frozen:
         cache = _computed(PrefixCache(model, prompts), config.batch_size, config.bf16, config.cache_memory_bytes,
@@ -84,17 +119,16 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     targets = targets.to(model.backbone.device)
     lengths = prompts.lengths
 
-    best_loss, best_state, stale = math.inf, None, 0
     if config.initialise_head and not history and hasattr(model.head, "initialise"):
         record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config)
         history.append(record)
-        best_loss, best_state = record.get("valid_loss", record["train_loss"]), copy.deepcopy(model.state_dict())
-    torch_seed = int(rng.integers(2**31))
+        if record["best"]:
+            best_loss, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
+        save_checkpoint(torch_rng, complete=config.max_epochs == 0)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed)
-            first = history[-1]["epoch"] + 1 if history else 1
-            for epoch in range(first, first + config.max_epochs):
+            torch.set_rng_state(torch_rng)
+            for epoch in range(history[-1]["epoch"] + 1 if history else first_epoch, last_epoch + 1):
                 started = time.perf_counter()
                 batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
                 model.train()
@@ -124,22 +158,38 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                     best_loss, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
                 else:
                     stale += 1
-                    if stale >= config.patience:
-                        logger.info("Early stopping after epoch %d: no improvement in %d epochs.", epoch, stale)
-                        break
+                stopping = not record["best"] and stale >= config.patience
+                save_checkpoint(torch.get_rng_state(), complete=stopping or epoch == last_epoch)
+                if stopping:
+                    logger.info("Early stopping after epoch %d: no improvement in %d epochs.", epoch, stale)
+                    break
     except KeyboardInterrupt:
         logger.warning("Training interrupted; keeping the best weights so far.")
     finally:
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        model.eval()
+        _keep_best(model, best_state)
     return history
+
+
+def _restore(state: TrainingState, model: TaggedModel, optimizer: torch.optim.Optimizer,
+             rng: np.random.Generator) -> None:
+    """Put the model, the optimizer and the batch-order Generator where a checkpoint left them."""
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    rng.bit_generator.state = state.numpy_rng
+
+
+def _keep_best(model: TaggedModel, best_state: dict[str, torch.Tensor] | None) -> None:
+    """End a fit: the best epoch's weights (where one improved), in eval mode."""
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
 
 
 def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
                      config: TrainingConfig) -> dict:
-    """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's record."""
+    """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's
+    record, the best so far where validation rows score it."""
     started = time.perf_counter()
     readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
                         config.bf16, readouts_only=True)
@@ -150,7 +200,8 @@ def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarra
         record = {"epoch": 0, "train_loss": loss_fn(model.head(train_readouts), targets[train_rows]).item()}
         if len(valid_rows):
             record["valid_loss"] = loss_fn(model.head(valid_readouts), targets[valid_rows]).item()
-    record.update(best=True, seconds=time.perf_counter() - started)
+    # Only held-out rows can rank the probe against trained epochs: its own training loss is a fit's optimum.
+    record.update(best=bool(len(valid_rows)), seconds=time.perf_counter() - started)
     if config.verbose > 0:
         tqdm.write(_describe(record) + "  (head fitted to the initial readouts)")
     return record

@@ -60,6 +60,7 @@ class TagLLMEstimator(BaseEstimator):
         device: str = "cpu",
         random_state: int | None = 0,
         warm_start: bool = False,
+        checkpoint_dir: str | Path | None = None,
         verbose: int = 1,
     ):
         self.domains = domains
@@ -84,6 +85,7 @@ class TagLLMEstimator(BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.warm_start = warm_start
+        self.checkpoint_dir = checkpoint_dir
         self.verbose = verbose
 
     # ----------------------------------------------------------------- sklearn protocol
@@ -139,11 +141,7 @@ class TagLLMEstimator(BaseEstimator):
         model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template)
         prompts = self._encoder(template, model).encode(values)
         self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
-        config = TrainingConfig(
-            max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            validation_fraction=self._validation_fraction(len(targets)),
-            patience=self.patience, bf16=self.bf16, verbose=self.verbose, random_state=self.random_state,
-        )
+        config = self._training_config(len(targets))
         self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
                               history=self.history_ if warm else None)
         self._store_fitted(model, backbone)
@@ -180,12 +178,20 @@ class TagLLMEstimator(BaseEstimator):
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
 
+    def _training_config(self, n_rows: int) -> TrainingConfig:
+        """How to train on ``n_rows`` rows, from the estimator's parameters."""
+        return TrainingConfig(
+            max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            validation_fraction=self._validation_fraction(n_rows), patience=self.patience, bf16=self.bf16,
+            verbose=self.verbose, random_state=self.random_state, checkpoint_dir=self.checkpoint_dir,
+        )
+
     def _validation_fraction(self, n_rows: int) -> float:
         """``validation_fraction``, or 0 with a warning when it would hold out no row or every row."""
         if self.validation_fraction and not 1 <= round(n_rows * self.validation_fraction) < n_rows:
             warnings.warn(
                 f"validation_fraction={self.validation_fraction} holds out no usable validation set from {n_rows} "
-                f"rows; training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=3,
+                f"rows; training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=4,
             )
             return 0.0
         return self.validation_fraction

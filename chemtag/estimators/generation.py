@@ -20,7 +20,7 @@ from chemtag.generation import TaggedGenerator, append_targets, decode, target_l
 from chemtag.representations import LANGUAGES, MOLECULE_LANGUAGES
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template
-from chemtag.training import TrainingConfig, train
+from chemtag.training import train
 from chemtag.validation import InvalidInputError, report_invalid
 
 logger = logging.getLogger(__name__)
@@ -85,11 +85,7 @@ class TagLLMGenerator(TagLLMEstimator):
         model = self._model_from_fitted(backbone) if warm else self._new_generator(backbone, rows)
         prompts = append_targets(self._encode(model, rows), backbone.tokenizer, texts)
         self._check_lengths(prompts.lengths, backbone, keep)
-        config = TrainingConfig(
-            max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            validation_fraction=self._validation_fraction(len(prompts)),
-            patience=self.patience, bf16=self.bf16, verbose=self.verbose, random_state=self.random_state,
-        )
+        config = self._training_config(len(prompts))
         self.history_ = train(model, prompts, torch.zeros(len(prompts)), target_loss, config,
                               history=self.history_ if warm else None)
         self._store_fitted(model, backbone)

@@ -64,6 +64,11 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         Seeds the head, the validation split and batch order: the same seed gives the same fit.
     warm_start : bool
         Continue from the fitted tags and head instead of starting afresh.
+    checkpoint_dir : str or Path, optional
+        A folder that receives a checkpoint after every epoch. A fit killed or interrupted midway and
+        run again with the same data and parameters resumes after its last completed epoch and ends as
+        an uninterrupted fit would; a completed fit run again returns its result without training.
+        A folder holding another fit's checkpoint is refused: give each fit its own folder.
     verbose : int
         0 silent, 1 a progress bar per epoch and a line of losses, 2 also for prediction.
 
