@@ -7,12 +7,15 @@ molecule is CCO. Output: The QED is"``) and reads the backbone's final hidden st
   rows) on the frozen model's mean-pooled or last-token state.
 - :class:`PeftRegressor`: ``peft`` prompt tuning (``p`` virtual tokens before the prompt) or LoRA on
   the attention projections, with chemtag's linear head on the last token, trained like chemtag's
-  tags (AdamW, learning rate 1e-3, standardised targets) for a fixed number of epochs.
+  tags: standardised targets, a seeded validation split, the head first fitted as a linear probe to
+  the untrained model's readouts (epoch 0), then AdamW (learning rate 1e-3) with early stopping and
+  the best epoch restored.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import numpy as np
@@ -28,7 +31,7 @@ from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.heads import LinearHead
 from chemtag.model import pad_rows
 from chemtag.tags import DEFAULT_TAG_LENGTH
-from chemtag.training import length_bucketed_batches
+from chemtag.training import validation_split, length_bucketed_batches
 
 POOLINGS = ("mean", "last")
 PEFT_METHODS = ("prompt-tuning", "lora")
@@ -105,18 +108,25 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
     """``peft`` prompt tuning or LoRA on a private copy of the backbone, with a linear head on the last token.
 
     ``virtual_tokens`` is prompt tuning's ``p`` (initialised from sampled vocabulary embeddings);
-    ``lora_rank`` is LoRA's ``r`` (``lora_alpha = 2 r``, ``peft``'s default target modules).
+    ``lora_rank`` is LoRA's ``r`` (``lora_alpha = 2 r``, ``peft``'s default target modules). Trained
+    like chemtag's tags: ``validation_fraction`` of the rows (seeded; 0 for none) is held out, epoch 0
+    fits the head as a linear probe (:meth:`~chemtag.heads.LinearHead.initialise`) to the readouts of
+    the untrained ``peft`` model, then up to ``epochs`` epochs of AdamW stop after ``patience`` epochs
+    without a lower validation loss and the best epoch (epoch 0 included) is restored. Without
+    validation rows the last epoch is kept.
     """
 
     def __init__(self, template: str, backbone: str = DEFAULT_BACKBONE, method: str = "lora", epochs: int = 2,
-                 batch_size: int = 16, lr: float = 1e-3, virtual_tokens: int = DEFAULT_TAG_LENGTH,
-                 lora_rank: int = 8, random_state: int = 0):
+                 batch_size: int = 16, lr: float = 1e-3, validation_fraction: float = 0.1, patience: int = 5,
+                 virtual_tokens: int = DEFAULT_TAG_LENGTH, lora_rank: int = 8, random_state: int = 0):
         self.template = template
         self.backbone = backbone
         self.method = method
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.validation_fraction = validation_fraction
+        self.patience = patience
         self.virtual_tokens = virtual_tokens
         self.lora_rank = lora_rank
         self.random_state = random_state
@@ -133,10 +143,84 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
         raise ValueError(f"method must be one of {PEFT_METHODS}, got {self.method!r}.")
 
     def _readout(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Head outputs ``(B,)`` from the final hidden state at each row's last token."""
+        """The head's input ``(B, d)``, float32: the final hidden state at each row's last token."""
         hidden = self.model_(input_ids=ids, attention_mask=mask).last_hidden_state
         shift = self.virtual_tokens if self.method == "prompt-tuning" else 0
-        return self.head_(hidden[torch.arange(len(ids)), shift + lengths - 1].float()).squeeze(-1)
+        return hidden[torch.arange(len(ids)), shift + lengths - 1].float()
+
+    @torch.no_grad()
+    def _readouts(self, tokens: list[np.ndarray], rows: np.ndarray) -> torch.Tensor:
+        """:meth:`_readout` of prompts ``rows`` in eval mode, ``(len(rows), d)`` in that order."""
+        self.model_.eval()
+        order = np.argsort([len(tokens[i]) for i in rows], kind="stable")
+        readouts = torch.empty(len(rows), self.head_.linear.in_features)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            readouts[chosen] = self._readout(*_batch(tokens, rows[chosen], self.pad_id_))
+        return readouts
+
+    def _probe(self, tokens: list[np.ndarray], targets: torch.Tensor, train_rows: np.ndarray,
+               valid_rows: np.ndarray) -> dict:
+        """Epoch 0: fit the head to the untrained model's readouts; return its history record."""
+        readouts = self._readouts(tokens, np.concatenate([train_rows, valid_rows]))
+        train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
+        self.head_.initialise(train_readouts, targets[train_rows], _loss, valid_readouts, targets[valid_rows])
+        with torch.no_grad():
+            record = {"epoch": 0, "train_loss": _loss(self.head_(train_readouts), targets[train_rows]).item()}
+            if len(valid_rows):
+                record["valid_loss"] = _loss(self.head_(valid_readouts), targets[valid_rows]).item()
+        return record
+
+    def _epoch(self, tokens: list[np.ndarray], targets: torch.Tensor, train_rows: np.ndarray,
+               optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:
+        """One pass of AdamW over ``train_rows`` in length-bucketed batches; the mean training loss."""
+        self.model_.train()
+        total = 0.0
+        for batch in length_bucketed_batches(np.array([len(tokens[i]) for i in train_rows]), self.batch_size, rng):
+            rows = train_rows[batch]
+            loss = _loss(self.head_(self._readout(*_batch(tokens, rows, self.pad_id_))), targets[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        return total / len(train_rows)
+
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Copies of the ``peft`` model's trainable parameters and of the head's state."""
+        trainable = {name: p.detach().clone() for name, p in self.model_.named_parameters() if p.requires_grad}
+        return trainable, copy.deepcopy(self.head_.state_dict())
+
+    @torch.no_grad()
+    def _restore(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]) -> None:
+        trainable, head = snapshot
+        for name, parameter in self.model_.named_parameters():
+            if name in trainable:
+                parameter.copy_(trainable[name])
+        self.head_.load_state_dict(head)
+
+    def _train(self, tokens: list[np.ndarray], targets: torch.Tensor, rng: np.random.Generator) -> None:
+        """Epoch 0 (the probe), then the epochs; keep the epoch of lowest validation loss where there is one."""
+        train_rows, valid_rows = validation_split(len(tokens), self.validation_fraction, rng)
+        self.history_ = [self._probe(tokens, targets, train_rows, valid_rows)]
+        best_loss, best, stale = self.history_[0].get("valid_loss", math.inf), self._snapshot(), 0
+        parameters = [p for p in self.model_.parameters() if p.requires_grad] + list(self.head_.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
+        for epoch in range(1, self.epochs + 1):
+            record = {"epoch": epoch, "train_loss": self._epoch(tokens, targets, train_rows, optimizer, rng)}
+            self.history_.append(record)
+            if not len(valid_rows):
+                continue
+            with torch.no_grad():
+                record["valid_loss"] = _loss(self.head_(self._readouts(tokens, valid_rows)), targets[valid_rows]).item()
+            if record["valid_loss"] < best_loss:
+                best_loss, best, stale = record["valid_loss"], self._snapshot(), 0
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        if len(valid_rows):
+            self._restore(best)
+        self.model_.eval()
 
     def fit(self, X: pd.DataFrame, y) -> "PeftRegressor":
         from peft import get_peft_model
@@ -145,37 +229,23 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
         backbone = load_backbone(self.backbone)
         y = np.asarray(y, dtype=float)
         self.y_mean_, self.y_scale_ = float(y.mean()), float(y.std()) or 1.0
+        self.pad_id_ = backbone.tokenizer.pad_token_id
         targets = torch.as_tensor((y - self.y_mean_) / self.y_scale_, dtype=torch.float32)
         tokens = _tokens(backbone, plain_prompts(self.template, X))
-        rng = np.random.default_rng(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.model_ = get_peft_model(copy.deepcopy(backbone.model.base_model), config)
-            self.head_ = LinearHead(backbone.hidden_size, 1)
-            parameters = [p for p in self.model_.parameters() if p.requires_grad] + list(self.head_.parameters())
-            optimizer = torch.optim.AdamW(parameters, lr=self.lr)
-            self.history_ = []
-            for epoch in range(1, self.epochs + 1):
-                self.model_.train()
-                total = 0.0
-                for rows in length_bucketed_batches(np.array([len(t) for t in tokens]), self.batch_size, rng):
-                    loss = functional.mse_loss(self._readout(*_batch(tokens, rows, backbone.tokenizer.pad_token_id)),
-                                               targets[rows])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(rows)
-                self.history_.append({"epoch": epoch, "train_loss": total / len(tokens)})
-        self.model_.eval()
+            self.head_ = LinearHead(backbone.hidden_size, 1).float()
+            self._train(tokens, targets, np.random.default_rng(self.random_state))
         return self
 
     @torch.no_grad()
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        backbone = load_backbone(self.backbone)
-        tokens = _tokens(backbone, plain_prompts(self.template, X))
-        order = np.argsort([len(t) for t in tokens], kind="stable")
-        outputs = np.empty(len(tokens))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            outputs[rows] = self._readout(*_batch(tokens, rows, backbone.tokenizer.pad_token_id)).numpy()
+        tokens = _tokens(load_backbone(self.backbone), plain_prompts(self.template, X))
+        outputs = self.head_(self._readouts(tokens, np.arange(len(tokens)))).squeeze(-1).numpy()
         return outputs * self.y_scale_ + self.y_mean_
+
+
+def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``(B, 1)`` head outputs against ``(B,)`` standardised targets (chemtag's)."""
+    return functional.mse_loss(outputs.squeeze(-1), targets)

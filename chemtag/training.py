@@ -86,7 +86,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     first_epoch = history[-1]["epoch"] + 1 if history else 1
     last_epoch = first_epoch + config.max_epochs - 1
     rng = np.random.default_rng(config.random_state)
-    train_rows, valid_rows = _split(len(prompts), config.validation_fraction, rng)
+    train_rows, valid_rows = validation_split(len(prompts), config.validation_fraction, rng)
     torch_rng = torch.Generator().manual_seed(int(rng.integers(2**31))).get_state()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -228,7 +228,8 @@ def _batcher(model: TaggedModel, prompts: EncodedPrompts, cache: PrefixCache | N
     return lambda rows: Batch.collate(prompts, rows, pad_id, device)
 
 
-def _split(n: int, validation_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(n: int, validation_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted training and validation row indices of ``n`` rows, ``validation_fraction`` of them held out."""
     rows = rng.permutation(n)
     n_valid = int(round(n * validation_fraction)) if validation_fraction else 0
     if validation_fraction and (n_valid < 1 or n_valid >= n):

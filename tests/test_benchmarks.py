@@ -18,11 +18,12 @@ from benchmarks.features import ExpertFeatures, protein_composition
 from benchmarks.methods import METHODS, Method
 from benchmarks.metrics import concordance_index, pearson
 from benchmarks.neural import DeepSynergyRegressor
-from benchmarks.peft_baselines import plain_prompts
+from benchmarks.peft_baselines import PeftRegressor, plain_prompts
 from benchmarks.report import merge_into
 from benchmarks.runner import load_data, results_stem, run
 from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
 from benchmarks.tasks import TASKS, Budget, Rows, Task
+from chemtag.training import validation_split
 
 TINY_BUDGET = Budget("tiny", tag_epochs=1, peft_epochs=1, neural_epochs=2, boosting_rounds=5, forest_trees=5, batch_size=4)
 TINY_ROWS = Rows(12, 6, max_residues=30)
@@ -159,6 +160,48 @@ def test_plain_prompts_fill_fields_and_drop_tags():
     prompts = plain_prompts(template, pd.DataFrame({"Target": ["MKV"], "Drug": ["CCO"]}))
     assert prompts == ["Input: The protein sequence is MKV. The SMILES of the drug is CCO. "
                        "Output: The binding affinity is"]
+
+
+def peft_rows() -> tuple[pd.DataFrame, np.ndarray]:
+    """20 molecules with a target that depends on the SMILES."""
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)O", "CCN", "OCC(O)CO", "CC(C)O", "CCCCCC", "c1ccncc1", "CC(N)C(=O)O", "O=C=O"]
+    X = pd.DataFrame({"Drug": smiles * 2})
+    return X, X["Drug"].str.len().to_numpy(float) * 0.3 + np.random.default_rng(0).normal(size=len(X))
+
+
+def peft_regressor(method: str = "lora", **kwargs) -> PeftRegressor:
+    pytest.importorskip("peft")
+    return PeftRegressor(TASKS["qed"].estimator().template, "tiny-llama", method, batch_size=4, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "lora"])
+def test_peft_history_starts_at_the_probe_epoch_0_with_validation_losses(method):
+    X, y = peft_rows()
+    history = peft_regressor(method, epochs=2, validation_fraction=0.25).fit(X, y).history_
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(np.isfinite(h["valid_loss"]) for h in history)
+    assert "valid_loss" not in peft_regressor(method, epochs=1, validation_fraction=0).fit(X, y).history_[0]
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "lora"])
+def test_peft_head_at_learning_rate_0_is_the_probe_of_epoch_0(method):
+    X, y = peft_rows()
+    probe = peft_regressor(method, epochs=0).fit(X, y).predict(X)
+    trained = peft_regressor(method, epochs=2, lr=0.0).fit(X, y).predict(X)
+    assert np.allclose(trained, probe, atol=1e-6)
+    assert probe.std() > 0.1 * y.std(), "the probe must be fitted, not the mean predictor"
+
+
+def test_peft_keeps_the_epoch_of_least_validation_loss_and_stops_after_patience():
+    X, y = peft_rows()
+    model = peft_regressor(epochs=6, lr=1e-2, validation_fraction=0.25, patience=1).fit(X, y)
+    losses = [h["valid_loss"] for h in model.history_]
+    stale = [i for i in range(1, len(losses)) if losses[i] >= min(losses[:i])]
+    assert stale == [len(losses) - 1], "patience 1 stops at the first epoch without improvement"
+    assert 0 < np.argmin(losses) < len(losses) - 1, "the best epoch must be neither the probe nor the last"
+    _, valid = validation_split(len(X), 0.25, np.random.default_rng(0))
+    residuals = (model.predict(X.iloc[valid]) - y[valid]) / model.y_scale_
+    assert np.mean(residuals ** 2) == pytest.approx(min(losses), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- runner
