@@ -79,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--distributed", action="store_true",
                           help="data-parallel over the processes of `accelerate launch` (gradients averaged)")
 
+    function = commands.add_parser(
+        "pretrain-function", help="stage 2: train a function tag and head on labels computed from a corpus")
+    function.add_argument("corpus", help="SMILES (one a line) for QED, FASTA for Descriptor")
+    function.add_argument("--task", required=True, choices=("QED", "Descriptor"))
+    function.add_argument("-o", "--output", required=True,
+                          help="tag library folder; the estimator goes to OUTPUT/estimators/<class name>/")
+    function.add_argument("--backbone", default="smollm2-135m")
+    function.add_argument("--n-train", type=int, default=2000)
+    function.add_argument("--n-test", type=int, default=200, help="held-out entries to measure the MSE on")
+    function.add_argument("--skip", type=int, default=0,
+                          help="pass over the first SKIP entries of the seeded order (e.g. stage 1's)")
+    function.add_argument("--max-length", type=int, default=None, help="pass over longer entries (characters)")
+    function.add_argument("--max-epochs", type=int, default=20)
+    function.add_argument("--lr", type=float, default=None)
+    function.add_argument("--seed", type=int, default=0)
+    function.add_argument("--device", default="cpu")
+
     demo = commands.add_parser("demo", help="fit a QED regressor on bundled SMILES with the default backbone")
     demo.add_argument("--n-train", type=int, default=None, help="training SMILES (default: run_demo's)")
     demo.add_argument("--max-epochs", type=int, default=None, help="epochs (default: run_demo's)")
@@ -144,6 +161,18 @@ def _pretrain(args) -> None:
     print(f"<{args.domain}> written to {args.output}; held-out next-token loss (nats/token): {losses}")
 
 
+def _pretrain_function(args) -> None:
+    from chemtag.stage2 import pretrain_function_estimator
+
+    params = {"backbone": args.backbone, "max_epochs": args.max_epochs, "lr": args.lr, "device": args.device}
+    measured = pretrain_function_estimator(
+        args.corpus, args.task, args.output, n_train=args.n_train, n_test=args.n_test, skip=args.skip,
+        max_length=args.max_length, seed=args.seed, **{k: v for k, v in params.items() if v is not None},
+    )
+    print(f"{measured['estimator']} written to {args.output}/estimators/; held-out MSE {measured['test_mse']:.4g} "
+          f"(mean predictor {measured['mean_predictor_test_mse']:.4g})")
+
+
 def _demo(args) -> None:
     from chemtag.demo import run_demo
 
@@ -158,7 +187,8 @@ def _demo(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"fit": _fit, "predict": _predict, "pretrain": _pretrain, "demo": _demo}[args.command](args)
+        {"fit": _fit, "predict": _predict, "pretrain": _pretrain, "pretrain-function": _pretrain_function,
+         "demo": _demo}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"chemtag {args.command}: error: {error}", file=sys.stderr)
         return 2

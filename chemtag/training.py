@@ -39,6 +39,9 @@ class TrainingConfig:
     :class:`~chemtag.heads.LinearHead`) to the readouts of the untrained tags before the first epoch
     of a fresh fit (a linear probe, recorded as epoch 0), so that training starts from it; with
     validation rows, epoch 0 is also a candidate for the best epoch restored at the end.
+    ``warmup_steps``: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over a fit's
+    first optimizer steps, so that Adam's first, sign-like steps do not throw the tags away from where
+    the probe-fitted head expects them.
     ``checkpoint_dir`` (a folder) receives a checkpoint after every epoch, epoch 0 included; a fit
     that finds its own checkpoint there resumes after its last epoch from the state saved and ends as
     the uninterrupted fit would have (bit for bit on the same machine). A completed fit's checkpoint
@@ -58,6 +61,7 @@ class TrainingConfig:
     prefix_cache: bool = True
     cache_memory_bytes: int = DEFAULT_MEMORY_BYTES
     initialise_head: bool = True
+    warmup_steps: int = 100
     checkpoint_dir: str | Path | None = None
 
 
@@ -140,6 +144,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                         loss = loss_fn(model(batcher(rows)), targets[rows])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    _warm_up(optimizer, config.lr, config.warmup_steps)
                     optimizer.step()
                     total += loss.item() * len(rows)
                     seen += len(rows)
@@ -168,6 +173,14 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     finally:
         _keep_best(model, best_state)
     return history
+
+
+def _warm_up(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int) -> None:
+    """Set the learning rate of the coming step: ``lr * min(1, (steps taken + 1) / warmup_steps)``."""
+    state = next(iter(optimizer.state.values()), {})
+    taken = int(state.get("step", 0))
+    for group in optimizer.param_groups:
+        group["lr"] = lr * min(1.0, (taken + 1) / max(warmup_steps, 1))
 
 
 def _restore(state: TrainingState, model: TaggedModel, optimizer: torch.optim.Optimizer,

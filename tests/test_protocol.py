@@ -1,15 +1,19 @@
 """Stage 1 (domain tags by next-token prediction) and stage 3 (estimators compose pretrained domain tags)."""
 
+import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional
 
-from chemtag import QEDRegressor, pretrained
+from chemtag import ProteinDescriptorRegressor, QEDRegressor, pretrained
 from chemtag.cli import main
 from chemtag.model import Batch, TaggedModel
 from chemtag.protocol import _text_loss, encode_domain_texts, pretrain_domain_tag, spaced_residues, text_loss
+from chemtag.descriptors import qed
+from chemtag.stage2 import labelled_rows, pretrain_function_estimator
 from chemtag.tags import Tag, TagLibrary
 
 CORPUS = ["CCCCCCO", "CCCCO", "CCCCCCCCO", "CCCO", "CCCCCO", "CCCCCCCO"] * 4
@@ -117,3 +121,46 @@ def test_a_fresh_install_finds_the_shipped_tags_for_the_default_backbone():
         assert losses["trained_tag"] < losses["no_tag"]  # the shipped measurement says the tag helps
     tags = pretrained.domain_tags(backbone, ["SMILES"], "pretrained", 10)
     assert torch.equal(tags[0].vectors, library["SMILES"].vectors)
+
+
+SMILES_CORPUS = ["C" * n + group for n in range(1, 9) for group in ("O", "N", "Cl", "C(=O)O", "c1ccccc1")]
+
+
+def test_stage_2_labels_held_apart_corpus_entries_in_the_seeded_order(tmp_path):
+    corpus = tmp_path / "smiles.txt"
+    corpus.write_text("\n".join(["CCO", "c1ccccc1", "CCN", "not a smiles", "CC(=O)O", "CCCCCCCCCCCC"]))
+    everything = labelled_rows(corpus, "QED", n_rows=5)
+    later = labelled_rows(corpus, "QED", n_rows=3, skip=2)
+    assert later["Drug"].tolist() == everything["Drug"].tolist()[2:5]
+    np.testing.assert_allclose(later["Y"], qed(later["Drug"]))
+    assert "CCCCCCCCCCCC" not in labelled_rows(corpus, "QED", n_rows=4, max_length=8)["Drug"].tolist()
+    with pytest.raises(ValueError, match="has only 5 usable entries after skipping 0; asked for 6"):
+        labelled_rows(corpus, "QED", n_rows=6)
+
+
+def test_a_stage_2_estimator_is_saved_into_the_library_and_found_by_pretrained(shipped_folder, tmp_path):
+    corpus = tmp_path / "smiles.txt"
+    corpus.write_text("\n".join(SMILES_CORPUS))
+    provenance = pretrain_function_estimator(corpus, "QED", shipped_folder, n_train=24, n_test=8, **FAST)
+    assert provenance["n_train"] == 24 and provenance["mean_predictor_test_mse"] > 0
+    recorded = json.loads((shipped_folder / "estimators" / "QEDRegressor" / "stage2.json").read_text())
+    assert recorded == provenance
+    shipped = QEDRegressor.pretrained("tiny-llama", verbose=0)
+    assert torch.equal(shipped.tags_["SMILES"].vectors, TagLibrary.load(shipped_folder)["SMILES"].vectors)
+    test = labelled_rows(corpus, "QED", n_rows=32)["Drug"][24:]
+    assert np.mean((shipped.predict(test.to_frame()) - qed(test)) ** 2) == pytest.approx(provenance["test_mse"])
+
+
+def test_pretrained_says_when_nothing_is_shipped(shipped_folder):
+    with pytest.raises(LookupError, match="No pretrained ProteinDescriptorRegressor is shipped for backbone 'tiny-llama'"):
+        ProteinDescriptorRegressor.pretrained("tiny-llama")
+
+
+def test_cli_pretrain_function_writes_the_estimator_and_reports_its_error(shipped_folder, tmp_path, capsys):
+    corpus = tmp_path / "smiles.txt"
+    corpus.write_text("\n".join(SMILES_CORPUS))
+    code = main(["pretrain-function", str(corpus), "--task", "QED", "-o", str(shipped_folder), "--backbone",
+                 "tiny-llama", "--n-train", "20", "--n-test", "5", "--max-epochs", "1"])
+    assert code == 0
+    assert "QEDRegressor written to" in capsys.readouterr().out
+    assert QEDRegressor.load(shipped_folder / "estimators" / "QEDRegressor").n_features_in_ == 1

@@ -11,7 +11,7 @@ from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
-from chemtag.training import TrainingConfig, length_bucketed_batches, predict, train
+from chemtag.training import TrainingConfig, _warm_up, length_bucketed_batches, predict, train
 
 P = 4
 TEMPLATE = "Input: The text is <Text> {text}. Output: The count is <Count>"
@@ -211,3 +211,15 @@ def test_length_buckets_partition_rows_into_batches_of_neighbouring_lengths():
     np.testing.assert_array_equal(np.concatenate([np.sort(lengths[b]) for b in by_length]), np.arange(100))
     again = length_bucketed_batches(lengths, batch_size=8, rng=np.random.default_rng(1))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+def test_the_learning_rate_rises_linearly_over_the_warmup_steps():
+    parameter = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    rates = []
+    for _ in range(6):
+        _warm_up(optimizer, lr=0.1, warmup_steps=4)
+        rates.append(optimizer.param_groups[0]["lr"])
+        parameter.grad = torch.ones(2)
+        optimizer.step()
+    assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])

@@ -115,6 +115,16 @@ class TagLLMEstimator(BaseEstimator):
 
         return load_estimator(folder, expected_class=cls)
 
+    @classmethod
+    def pretrained(cls, backbone: str = DEFAULT_BACKBONE, **params) -> "TagLLMEstimator":
+        """The fitted ``cls`` shipped with chemtag for ``backbone`` (stage 2 of the protocol), ready to
+        predict; ``params`` replace saved parameters that do not change the model (e.g. ``device``,
+        ``verbose``, ``batch_size``). Raises ``LookupError`` where none is shipped."""
+        folder = pretrained.shipped_estimator_folder(load_backbone(backbone), cls.__name__)
+        if folder is None:
+            raise LookupError(f"No pretrained {cls.__name__} is shipped for backbone {backbone!r}; fit one instead.")
+        return cls.load(folder).set_params(**params)
+
     # ----------------------------------------------------------------- fit / predict
     def fit(self, X, y):
         """Train the function tag (and head) on ``X`` (rows of inputs) and targets ``y``; returns self."""

@@ -1,4 +1,8 @@
-"""Pretrained tags shipped with chemtag: one TagLibrary folder per backbone, found by fingerprint."""
+"""Pretrained tags shipped with chemtag: one TagLibrary folder per backbone, found by fingerprint.
+
+A library folder may also hold ``estimators/<class name>/``: stage-2 estimators (a function tag and
+its head on top of the library's domain tags) saved with :meth:`TagLLMEstimator.save`.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,15 @@ _WARNED: set[tuple[str, str]] = set()
 
 def shipped_library(backbone: Backbone) -> TagLibrary | None:
     """The shipped library whose backbone fingerprint equals ``backbone``'s, or ``None``."""
-    fingerprint = backbone.fingerprint
+    folder = _shipped_folder(backbone)
+    return TagLibrary.load(folder, backbone.fingerprint) if folder else None
+
+
+def _shipped_folder(backbone: Backbone) -> Path | None:
+    """The shipped library folder whose manifest names ``backbone``'s fingerprint, or None."""
     for manifest in sorted(SHIPPED.glob("*/manifest.json")):
-        if json.loads(manifest.read_text()).get("backbone") == fingerprint:
-            return TagLibrary.load(manifest.parent, fingerprint)
+        if json.loads(manifest.read_text()).get("backbone") == backbone.fingerprint:
+            return manifest.parent
     return None
 
 
@@ -57,3 +66,10 @@ def domain_tags(backbone: Backbone, names: list[str], source: str | Path | None,
             )
         tags.append(Tag.initialise(name, "domain", backbone, tag_length))
     return tags
+
+
+def shipped_estimator_folder(backbone: Backbone, class_name: str) -> Path | None:
+    """The shipped stage-2 estimator folder ``<library>/estimators/<class_name>`` for ``backbone``, or None."""
+    library = _shipped_folder(backbone)
+    folder = library / "estimators" / class_name if library else None
+    return folder if folder is not None and folder.is_dir() else None
