@@ -8,7 +8,7 @@ molecule is CCO. Output: The QED is"``) and reads the backbone's final hidden st
 - :class:`PeftRegressor`: ``peft`` prompt tuning (``p`` virtual tokens before the prompt) or LoRA on
   the attention projections, with chemtag's linear head on the last token, trained like chemtag's
   tags: standardised targets, a seeded validation split, the head first fitted as a linear probe to
-  the untrained model's readouts (epoch 0), then AdamW (learning rate 1e-3) with early stopping and
+  the untrained model's readouts (epoch 0), then AdamW (learning rate 1e-4, warmed up as chemtag's) with early stopping and
   the best epoch restored.
 """
 
@@ -31,13 +31,16 @@ from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.heads import LinearHead
 from chemtag.model import pad_rows
 from chemtag.tags import DEFAULT_TAG_LENGTH
-from chemtag.training import validation_split, length_bucketed_batches
+from chemtag.training import TrainingConfig, length_bucketed_batches, validation_split, warm_up
 
 POOLINGS = ("mean", "last")
 PEFT_METHODS = ("prompt-tuning", "lora")
 _TAG = re.compile(r"\s*<[A-Za-z][\w.\-]*>")
 _FIELD = re.compile(r"\{([^{}<>]+)\}")
 _STATES: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+WARMUP_STEPS = TrainingConfig.warmup_steps  # chemtag's linear warmup
 
 
 def plain_prompts(template: str, X: pd.DataFrame) -> list[str]:
@@ -117,7 +120,7 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, template: str, backbone: str = DEFAULT_BACKBONE, method: str = "lora", epochs: int = 2,
-                 batch_size: int = 16, lr: float = 1e-3, validation_fraction: float = 0.1, patience: int = 5,
+                 batch_size: int = 16, lr: float = 1e-4, validation_fraction: float = 0.1, patience: int = 5,
                  virtual_tokens: int = DEFAULT_TAG_LENGTH, lora_rank: int = 8, random_state: int = 0):
         self.template = template
         self.backbone = backbone
@@ -181,6 +184,7 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
             loss = _loss(self.head_(self._readout(*_batch(tokens, rows, self.pad_id_))), targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            warm_up(optimizer, self.lr, WARMUP_STEPS)
             optimizer.step()
             total += loss.item() * len(rows)
         return total / len(train_rows)

@@ -22,7 +22,7 @@ def run_demo(n_train: int = 800, n_test: int = 200, max_epochs: int = 10, seed: 
     table["QED"] = qed(table["Drug"])
     train, test = table.iloc[:n_train], table.iloc[n_train:]
     started = time.perf_counter()
-    model = QEDRegressor(max_epochs=max_epochs, random_state=seed, bf16=True, verbose=verbose)
+    model = QEDRegressor(max_epochs=max_epochs, random_state=seed, verbose=verbose)
     model.fit(train[["Drug"]], train["QED"])
     predictions = model.predict(test[["Drug"]])
     return {

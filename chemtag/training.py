@@ -51,7 +51,7 @@ class TrainingConfig:
 
     max_epochs: int = 20
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 0.0
     validation_fraction: float = 0.1
     patience: int = 5
@@ -144,7 +144,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                         loss = loss_fn(model(batcher(rows)), targets[rows])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    _warm_up(optimizer, config.lr, config.warmup_steps)
+                    warm_up(optimizer, config.lr, config.warmup_steps)
                     optimizer.step()
                     total += loss.item() * len(rows)
                     seen += len(rows)
@@ -175,7 +175,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     return history
 
 
-def _warm_up(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int) -> None:
+def warm_up(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int) -> None:
     """Set the learning rate of the coming step: ``lr * min(1, (steps taken + 1) / warmup_steps)``."""
     state = next(iter(optimizer.state.values()), {})
     taken = int(state.get("step", 0))

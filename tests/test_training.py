@@ -11,7 +11,7 @@ from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
-from chemtag.training import TrainingConfig, _warm_up, length_bucketed_batches, predict, train
+from chemtag.training import TrainingConfig, warm_up, length_bucketed_batches, predict, train
 
 P = 4
 TEMPLATE = "Input: The text is <Text> {text}. Output: The count is <Count>"
@@ -218,7 +218,7 @@ def test_the_learning_rate_rises_linearly_over_the_warmup_steps():
     optimizer = torch.optim.AdamW([parameter], lr=1.0)
     rates = []
     for _ in range(6):
-        _warm_up(optimizer, lr=0.1, warmup_steps=4)
+        warm_up(optimizer, lr=0.1, warmup_steps=4)
         rates.append(optimizer.param_groups[0]["lr"])
         parameter.grad = torch.ones(2)
         optimizer.step()

@@ -49,7 +49,7 @@ class TagLLMEstimator(BaseEstimator):
         isolate_segments: bool = False,
         max_epochs: int = 20,
         batch_size: int = 16,
-        lr: float = 1e-3,
+        lr: float = 1e-4,
         weight_decay: float = 0.0,
         validation_fraction: float = 0.1,
         patience: int = 5,

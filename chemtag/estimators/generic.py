@@ -44,7 +44,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         Also train the domain tags (by default they stay frozen).
     isolate_segments : bool
         Each ``<Domain> value`` segment attends only to itself, as in Tag-LLM's regression setting.
-    max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head).
+    max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head, the learning rate
+        rising linearly over the first 100 steps; the head is first fitted as a linear probe, epoch 0).
     validation_fraction : float
         Share of rows held out for early stopping (0 to train on all rows for ``max_epochs``).
     patience : int
