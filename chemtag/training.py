@@ -267,11 +267,15 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
     """Head outputs for every prompt, ``(n, k)`` float32 on the CPU, in the prompts' order.
 
     ``prefix_cache`` runs the function tags against a :class:`~chemtag.prefix_cache.PrefixCache`
-    (same outputs); ``None`` uses one when prompts share enough of their prefixes that the distinct
-    pieces hold at most three quarters of all prefix tokens (isolated segments that repeat).
+    (same outputs in float32); ``None`` uses one when prompts share enough of their prefixes that the
+    distinct pieces hold at most three quarters of all prefix tokens (isolated segments that repeat),
+    and always under ``bf16`` for a model whose prefix is frozen: such a model was trained through the
+    cache, and bfloat16 rounds the two paths differently by more than the readouts' input-dependent
+    part can bear (see docs/training.md).
     """
     cache = PrefixCache(model, prompts) if prefix_cache is not False else None
-    if prefix_cache is None and cache.cached_tokens > 0.75 * cache.prefix_tokens:
+    trained_through_cache = bf16 and model.prefix_is_frozen
+    if prefix_cache is None and not trained_through_cache and cache.cached_tokens > 0.75 * cache.prefix_tokens:
         cache = None
     if cache is not None:
         cache = _computed(cache, batch_size, bf16, cache_memory_bytes, verbose)

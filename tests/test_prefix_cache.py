@@ -214,6 +214,17 @@ def test_predict_through_the_cache_matches(tiny_gpt2, monkeypatch, isolate, pref
     torch.testing.assert_close(outputs, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("trainable, uses_cache", [(("BA",), True), (("BA", "Protein"), False)])
+def test_bf16_predictions_take_the_path_training_took(tiny_gpt2, monkeypatch, trainable, uses_cache):
+    """Distinct prompts alone would skip the cache; under bf16 a model trained through it uses it."""
+    model = make_model(tiny_gpt2, isolate=False, trainable=trainable)
+    computed = []
+    compute = PrefixCache.compute
+    monkeypatch.setattr(PrefixCache, "compute", lambda self, *a, **k: computed.append(self) or compute(self, *a, **k))
+    predict(model, encode(model), batch_size=2, bf16=True)
+    assert bool(computed) == uses_cache
+
+
 def test_a_cache_that_fits_nowhere_falls_back_to_the_full_pass(tiny_llama, monkeypatch, caplog):
     monkeypatch.setattr("chemtag.prefix_cache.shutil.disk_usage", lambda path: SimpleNamespace(free=0))
     model, reference = make_model(tiny_llama, isolate=True), make_model(tiny_llama, isolate=True)
