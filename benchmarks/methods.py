@@ -98,9 +98,10 @@ def _deepsynergy(context: Context) -> Regressor:
                                 random_state=context.seed)
 
 
-def _chemtag(context: Context) -> Regressor:
-    return context.task.estimator(backbone=context.backbone, max_epochs=context.budget.tag_epochs,
-                                  batch_size=context.budget.batch_size, random_state=context.seed, verbose=0)
+def _chemtag(**params) -> Callable[[Context], Regressor]:
+    return lambda context: context.task.estimator(
+        backbone=context.backbone, max_epochs=context.budget.tag_epochs, batch_size=context.budget.batch_size,
+        random_state=context.seed, verbose=0, **params)
 
 
 def _probe(pooling: str) -> Callable[[Context], Regressor]:
@@ -119,7 +120,9 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("random-forest", "random forest on the same features", _random_forest),
     Method("deepdta", "DeepDTA CNN-CNN, reimplemented in torch", _deepdta, tasks=("ba-davis",)),
     Method("deepsynergy", "DeepSynergy-style MLP, torch", _deepsynergy, tasks=("dc-oneil",)),
-    Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag),
+    Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag()),
+    Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
+                                "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),
     Method("probe-mean", "ridge on the frozen backbone's mean-pooled final hidden state", _probe("mean")),
     Method("probe-last", "ridge on the frozen backbone's last-token final hidden state", _probe("last")),
     Method("prompt-tuning", "peft prompt tuning (p virtual tokens) + linear head", _peft("prompt-tuning"),

@@ -167,7 +167,7 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
         """Epoch 0: fit the head to the untrained model's readouts; return its history record."""
         readouts = self._readouts(tokens, np.concatenate([train_rows, valid_rows]))
         train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
-        self.head_.initialise(train_readouts, targets[train_rows], _loss, valid_readouts, targets[valid_rows])
+        self.head_.initialise(train_readouts, targets[train_rows], _loss)
         with torch.no_grad():
             record = {"epoch": 0, "train_loss": _loss(self.head_(train_readouts), targets[train_rows]).item()}
             if len(valid_rows):

@@ -10,10 +10,12 @@ from torch import nn
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-PENALTIES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-"""L2 penalties tried, strongest first, when a validation set chooses among them."""
-DEFAULT_PENALTY = 1e-4
-"""L2 penalty of the linear probe when no validation rows are held out."""
+PENALTIES = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+"""L2 penalties of the linear probe, strongest first, among which cross-validation chooses."""
+DEFAULT_PENALTY = 1e-2
+"""L2 penalty of the linear probe when there are too few rows to cross-validate."""
+PROBE_FOLDS = 5
+"""Folds of the cross-validation that chooses the probe's penalty."""
 
 
 class LinearHead(nn.Module):
@@ -36,8 +38,7 @@ class LinearHead(nn.Module):
         self.register_buffer("feature_scale", torch.ones(hidden_size))
         self.linear = nn.Linear(hidden_size, outputs)
         self.scale = 1 / math.sqrt(hidden_size)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        self._reset_linear()
 
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """The linear map's input, ``(B, d)``: normalised, standardised and scaled ``hidden``."""
@@ -47,34 +48,43 @@ class LinearHead(nn.Module):
         return self.linear(self.features(hidden))
 
     @torch.no_grad()
-    def initialise(self, readouts: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction,
-                   valid_readouts: torch.Tensor | None = None, valid_targets: torch.Tensor | None = None) -> float:
+    def initialise(self, readouts: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction) -> float:
         """Fit the head to fixed readouts: a linear probe that training then starts from.
 
         ``readouts`` ``(n, d)`` are the hidden states of the training rows before any tag update and
         ``targets`` ``(n, ...)`` their targets. The standardisation takes their per-feature mean and
-        spread (a feature that hardly varies is not blown up to the others' spread); the linear map minimises ``loss_fn`` plus an L2 penalty on its weight by L-BFGS. With
-        validation rows the penalty is chosen from :data:`PENALTIES` by their loss, else it is
-        :data:`DEFAULT_PENALTY`. Returns the chosen penalty.
+        spread (a feature that hardly varies is not blown up to the others' spread); the linear map
+        minimises ``loss_fn`` plus an L2 penalty on its weight by L-BFGS, the penalty chosen from
+        :data:`PENALTIES` by :data:`PROBE_FOLDS`-fold cross-validation over the rows (interleaved
+        folds), or :data:`DEFAULT_PENALTY` with fewer than two rows a fold. Returns the penalty.
         """
         normalised = self.norm(readouts.float())
         self.feature_mean.copy_(normalised.mean(dim=0))
         variance = normalised.var(dim=0, unbiased=False)
         self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
         features = self.features(readouts.float())
-        if valid_readouts is None or len(valid_readouts) == 0:
-            self._fit_linear(features, targets, loss_fn, DEFAULT_PENALTY)
-            return DEFAULT_PENALTY
-        valid_features = self.features(valid_readouts.float())
-        best_loss, best_state, best_penalty = math.inf, None, DEFAULT_PENALTY
-        for penalty in PENALTIES:  # strongest first: each fit starts from the previous one's solution
-            self._fit_linear(features, targets, loss_fn, penalty)
-            loss = loss_fn(self.linear(valid_features), valid_targets).item()
-            if loss < best_loss:
-                best_loss, best_penalty = loss, penalty
-                best_state = {k: v.clone() for k, v in self.linear.state_dict().items()}
-        self.linear.load_state_dict(best_state)
-        return best_penalty
+        enough = len(features) >= 2 * PROBE_FOLDS
+        penalty = self._cross_validated_penalty(features, targets, loss_fn) if enough else DEFAULT_PENALTY
+        self._reset_linear()
+        self._fit_linear(features, targets, loss_fn, penalty)
+        return penalty
+
+    def _cross_validated_penalty(self, features: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction) -> float:
+        """The penalty of least summed held-out loss over the folds; each fold's fits run strongest first,
+        each starting from the previous one's solution."""
+        fold = torch.arange(len(features), device=features.device) % PROBE_FOLDS
+        held_out_loss = [0.0] * len(PENALTIES)
+        for k in range(PROBE_FOLDS):
+            fitted, held = fold != k, fold == k
+            self._reset_linear()
+            for i, penalty in enumerate(PENALTIES):
+                self._fit_linear(features[fitted], targets[fitted], loss_fn, penalty)
+                held_out_loss[i] += loss_fn(self.linear(features[held]), targets[held]).item() * int(held.sum())
+        return PENALTIES[min(range(len(PENALTIES)), key=held_out_loss.__getitem__)]
+
+    def _reset_linear(self) -> None:
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
     def _fit_linear(self, features: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction,
                     penalty: float) -> None:

@@ -208,7 +208,7 @@ def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarra
                         config.bf16, readouts_only=True)
     readouts = readouts.to(targets.device)
     train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
-    model.head.initialise(train_readouts, targets[train_rows], loss_fn, valid_readouts, targets[valid_rows])
+    model.head.initialise(train_readouts, targets[train_rows], loss_fn)
     with torch.no_grad():
         record = {"epoch": 0, "train_loss": loss_fn(model.head(train_readouts), targets[train_rows]).item()}
         if len(valid_rows):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from chemtag.heads import DEFAULT_PENALTY, PENALTIES, LinearHead
+from chemtag.heads import DEFAULT_PENALTY, PENALTIES, PROBE_FOLDS, LinearHead
 
 D = 32
 mse = nn.functional.mse_loss
@@ -44,29 +44,37 @@ def test_the_probe_finds_a_linear_signal_hidden_under_a_large_offset():
     readouts, signal = _readouts(300, seed=1)
     targets = signal @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
     head = LinearHead(D, 1)
-    head.initialise(readouts[:200], targets[:200], mse, readouts[200:], targets[200:])
+    head.initialise(readouts[:200], targets[:200], mse)
     assert mse(head(readouts[200:]), targets[200:]) < 0.01 * targets[200:].var()
 
 
-def test_validation_rows_choose_a_strong_penalty_for_noise_and_a_weak_one_for_signal():
+def test_cross_validation_chooses_a_strong_penalty_for_noise_and_a_weak_one_for_signal():
     readouts, signal = _readouts(120, seed=2)
     noise = torch.randn(120, 1, generator=torch.Generator().manual_seed(3))
-    chosen_for_noise = LinearHead(D, 1).initialise(readouts[:60], noise[:60], mse, readouts[60:], noise[60:])
-    chosen_for_signal = LinearHead(D, 1).initialise(readouts[:60], signal[:60, :1], mse, readouts[60:], signal[60:, :1])
+    chosen_for_noise = LinearHead(D, 1).initialise(readouts, noise, mse)
+    chosen_for_signal = LinearHead(D, 1).initialise(readouts, signal[:, :1], mse)
     assert chosen_for_noise in PENALTIES and chosen_for_signal in PENALTIES
-    assert chosen_for_noise >= 1e-2 and chosen_for_signal <= 1e-3
+    assert chosen_for_noise >= 1.0 and chosen_for_signal <= 1e-3
 
 
-def test_without_validation_rows_the_default_penalty_is_used():
-    readouts, signal = _readouts(50, seed=4)
+def test_with_fewer_than_two_rows_a_fold_the_default_penalty_is_used():
+    readouts, signal = _readouts(2 * PROBE_FOLDS - 1, seed=4)
     assert LinearHead(D, 1).initialise(readouts, signal[:, :1], mse) == DEFAULT_PENALTY
+
+
+def test_the_probe_of_noise_predicts_close_to_the_mean():
+    readouts, _ = _readouts(200, seed=7)
+    noise = torch.randn(200, 1, generator=torch.Generator().manual_seed(8))
+    head = LinearHead(D, 1)
+    head.initialise(readouts[:150], noise[:150], mse)
+    assert mse(head(readouts[150:]), noise[150:]) < 1.1 * mse(noise[:150].mean().expand(50, 1), noise[150:])
 
 
 def test_the_probe_fits_classes_with_cross_entropy():
     readouts, signal = _readouts(200, seed=5)
     labels = signal[:, :3].argmax(dim=1)  # three linearly separable classes
     head = LinearHead(D, 3)
-    head.initialise(readouts[:150], labels[:150], nn.functional.cross_entropy, readouts[150:], labels[150:])
+    head.initialise(readouts[:150], labels[:150], nn.functional.cross_entropy)
     accuracy = (head(readouts[150:]).argmax(dim=1) == labels[150:]).float().mean()
     assert accuracy > 0.9
 
