@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from chemtag.backbones import Backbone
+from chemtag.feature_tags import FeatureTag
 from chemtag.prefix_attention import PrefixKV, enable_prefix_attention
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts
@@ -66,8 +67,9 @@ class Batch:
 class TaggedModel(nn.Module):
     """A frozen backbone conditioned by tags, with a task head on the readout hidden state.
 
-    Only the tags in ``trainable`` and the ``head`` receive gradients. The backbone is held by
-    reference, never registered as a submodule, so ``state_dict()`` holds tags and head only.
+    Only the tags in ``trainable``, the ``head`` and the feature tag's projection receive gradients. The
+    backbone is held by reference, never registered as a submodule, so ``state_dict()`` holds tags,
+    head and feature tag only.
 
     Parameters
     ----------
@@ -78,12 +80,14 @@ class TaggedModel(nn.Module):
     isolate_segments : each domain segment attends only to itself and takes its positions as if it
         followed the shared text before it directly (see :meth:`position_ids`), so that its hidden
         states depend on its own text only (Tag-LLM's regression layout).
+    feature_tag : the feature vectors of the prompts' feature slots, of the tags' length; their rows
+        follow the tag table's (see :class:`~chemtag.templates.EncodedPrompts`).
     """
 
     def __init__(self, backbone: Backbone, tags: Sequence[Tag], head: nn.Module, trainable: Sequence[str],
-                 isolate_segments: bool = False):
+                 isolate_segments: bool = False, feature_tag: FeatureTag | None = None):
         super().__init__()
-        lengths = {tag.length for tag in tags}
+        lengths = {tag.length for tag in tags} | ({feature_tag.length} if feature_tag is not None else set())
         if len(lengths) != 1:
             raise ValueError(f"All tags of a model must have one length, got {sorted(lengths)}.")
         self.backbone = backbone
@@ -96,6 +100,12 @@ class TaggedModel(nn.Module):
         })
         self.head = head
         self.isolate_segments = isolate_segments
+        self.feature_tag = feature_tag
+
+    @property
+    def feature_ids(self) -> list[str]:
+        """The entities with feature vectors, in the order of their rows after the tag table."""
+        return self.feature_tag.ids if self.feature_tag is not None else []
 
     def export_tags(self) -> dict[str, Tag]:
         """Detached CPU copies of the current tags, in table order."""
@@ -115,17 +125,24 @@ class TaggedModel(nn.Module):
             for i, name in enumerate(self.tag_names) if self.tag_kinds[name] == "function"
         ] or [np.empty(0, dtype=np.int64)])
 
+    def recomputed_slots(self, tag_slots: np.ndarray) -> np.ndarray:
+        """Which of a prompt's tag slots ``(L,)`` hold vectors that train while the prefix is frozen: function
+        tags and feature vectors; ``(L,)`` bool. A prompt's prefix ends at the first of them."""
+        return np.isin(tag_slots, self.function_tag_rows()) | (tag_slots >= len(self.tag_names) * self.tag_length)
+
     @property
     def prefix_is_frozen(self) -> bool:
         """Whether every tag other than the function tags is frozen, so a prompt's prefix is a constant."""
         return not any(self.tag_vectors[n].requires_grad for n in self.tag_names if self.tag_kinds[n] != "function")
 
     def input_embeddings(self, batch: Batch) -> torch.Tensor:
-        """Vocabulary embeddings with tag rows spliced in: ``(B, L, d)``."""
+        """Vocabulary embeddings with tag rows and feature vectors spliced in: ``(B, L, d)``."""
         embeds = self.backbone.embed(batch.input_ids)
         table = self.tag_table().to(embeds.dtype)
-        is_tag = (batch.tag_slots >= 0).unsqueeze(-1)
-        return torch.where(is_tag, table[batch.tag_slots.clamp_min(0)], embeds)
+        slots = batch.tag_slots
+        is_tag = ((slots >= 0) & (slots < len(table))).unsqueeze(-1)
+        embeds = torch.where(is_tag, table[slots.clamp(0, len(table) - 1)], embeds)
+        return embeds if self.feature_tag is None else self.feature_tag.splice(embeds, slots - len(table))
 
     def position_ids(self, segments: torch.Tensor) -> torch.Tensor:
         """Position ids of whole prompts ``(B, L)`` from their segments ``(B, L)``.

@@ -4,6 +4,8 @@ When the backbone and every tag but the function tag are frozen (stage-3 trainin
 prediction), every token of a prompt before its first function-tag vector has keys/values that never
 change. :class:`PrefixCache` computes them once per fit; each step then runs only the function-tag
 tokens against them (:meth:`PrefixCache.batch`), with the same result as the full forward pass.
+Feature vectors (:mod:`chemtag.feature_tags`) train as well: a prefix ends at the first function-tag or
+feature vector (:meth:`TaggedModel.recomputed_slots`), which a template places right before the function tag.
 
 The prefix is cut into *pieces* whose keys/values are computed and stored once however many prompts
 contain them:
@@ -118,8 +120,7 @@ class PrefixCache:
     def __init__(self, model: TaggedModel, prompts: EncodedPrompts):
         self.model = model
         self.prompts = prompts
-        function_rows = model.function_tag_rows()
-        self._prefix_lengths = np.array([_first(np.isin(slots, function_rows)) for slots in prompts.tag_slots])
+        self._prefix_lengths = np.array([_first(model.recomputed_slots(slots)) for slots in prompts.tag_slots])
         self._suffix_positions: list[np.ndarray] = []
         self._row_pieces: list[list[int]] = []
         self.pieces: list[_Piece] = []

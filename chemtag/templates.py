@@ -6,6 +6,11 @@ A template is literal text, input fields ``{name}`` and tags ``<Name>``, ending 
 
 A tag directly followed (across white space only) by a field forms a *domain segment*: the tag and the
 field's text. With segment-isolated attention each segment sees only itself.
+
+A *feature slot* ``<{name}>`` splices in ``p`` vectors computed from numeric features of the field's
+value (e.g. a cell line's gene expression, see :class:`~chemtag.feature_tags.FeatureTag`)::
+
+    ... The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <{Cell_Line_ID}> <DC>
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-_TOKEN_PATTERN = re.compile(r"<([A-Za-z][\w.\-]*)>|\{([^{}<>]+)\}")  # a field may name any column
+# A feature slot <{field}>, a tag <Name> or a field {name}; a field may name any column.
+_TOKEN_PATTERN = re.compile(r"<\{([^{}<>]+)\}>|<([A-Za-z][\w.\-]*)>|\{([^{}<>]+)\}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,13 @@ class TagSlot:
 
 
 @dataclass(frozen=True)
+class FeatureSlot:
+    """Where the ``p`` feature vectors of the value of field ``name`` are spliced in."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Field:
     """An input value; ``prefix`` is the white space the template had before it, ``segment`` its
     1-based domain-segment number (0 when the field has no domain tag)."""
@@ -44,7 +57,7 @@ class Field:
     segment: int = 0
 
 
-Part = Text | TagSlot | Field
+Part = Text | TagSlot | FeatureSlot | Field
 
 
 @dataclass(frozen=True)
@@ -59,8 +72,8 @@ class Template:
         for match in _TOKEN_PATTERN.finditer(source):
             if match.start() > position:
                 raw.append(Text(source[position:match.start()]))
-            tag, field = match.groups()
-            raw.append(TagSlot(tag) if tag else Field(field))
+            feature, tag, field = match.groups()
+            raw.append(FeatureSlot(feature) if feature else TagSlot(tag) if tag else Field(field))
             position = match.end()
         if position < len(source):
             raw.append(Text(source[position:]))
@@ -71,7 +84,13 @@ class Template:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.parts if isinstance(p, Field))
+        """Names of the input fields, written as text or behind a feature slot, in order of first use."""
+        return tuple(dict.fromkeys(p.name for p in self.parts if isinstance(p, (Field, FeatureSlot))))
+
+    @property
+    def feature_fields(self) -> tuple[str, ...]:
+        """Fields whose values' feature vectors are spliced in at a feature slot."""
+        return tuple(dict.fromkeys(p.name for p in self.parts if isinstance(p, FeatureSlot)))
 
     @property
     def tag_names(self) -> tuple[str, ...]:
@@ -95,9 +114,19 @@ class Template:
             raise ValueError(f"A template must end with its function tag, e.g. '... <QED>'; got {self.source!r}.")
         if self.function_tag in self.domain_tags.values():
             raise ValueError(f"The function tag <{self.function_tag}> is also used as a domain tag in {self.source!r}.")
-        duplicated = {f for f in self.fields if self.fields.count(f) > 1}
+        text_fields = [p.name for p in self.parts if isinstance(p, Field)]
+        duplicated = {f for f in text_fields if text_fields.count(f) > 1}
         if duplicated:
             raise ValueError(f"Fields {sorted(duplicated)} appear more than once in {self.source!r}.")
+
+
+def with_feature_slot(source: str, field: str) -> str:
+    """``source`` with the feature slot ``<{field}>`` right before its function tag, unless it has one."""
+    template = Template.parse(source)
+    if field in template.feature_fields:
+        return source
+    end = source.rindex(f"<{template.function_tag}>")
+    return f"{source[:end]}<{{{field}}}> {source[end:]}"
 
 
 def _attach_fields_to_domain_tags(raw: list[Part]) -> list[Part]:
@@ -118,7 +147,7 @@ def _attach_fields_to_domain_tags(raw: list[Part]) -> list[Part]:
                 segments += 1
                 segment = segments
             part = Field(part.name, prefix, segment)
-        elif isinstance(part, TagSlot) and parts and isinstance(parts[-1], Text):
+        elif isinstance(part, (TagSlot, FeatureSlot)) and parts and isinstance(parts[-1], Text):
             # A tag is not a word: the space before it would be a lone, unnatural token.
             stripped = parts.pop().text.rstrip()
             if stripped:
@@ -132,9 +161,10 @@ class EncodedPrompts:
     """Token-level encoding of ``n`` prompts, one ragged row each.
 
     ``input_ids[i]`` ``(L_i,)`` token ids (tag slots hold the pad id); ``tag_slots[i]`` ``(L_i,)`` the row of
-    the stacked tag table spliced at each position, -1 for vocabulary tokens; ``segments[i]`` ``(L_i,)``
-    0 for shared context, ``k`` for the k-th domain segment; ``readout[i]`` the position of the last
-    function-tag vector, whose final hidden state feeds the head.
+    the stacked tag table spliced at each position, -1 for vocabulary tokens (rows from ``n_tags * p`` on
+    are feature vectors: row ``n_tags * p + e * p + k`` is vector ``k`` of entity ``e``);
+    ``segments[i]`` ``(L_i,)`` 0 for shared context, ``k`` for the k-th domain segment; ``readout[i]`` the
+    position of the last function-tag vector, whose final hidden state feeds the head.
     """
 
     input_ids: list[np.ndarray]
@@ -160,17 +190,25 @@ class TemplateEncoder:
     """Encodes field values through a template for one tokenizer and tag layout.
 
     ``tag_order`` names the tags in the order of the model's stacked tag table; each tag occupies
-    ``tag_length`` consecutive rows. Each distinct field value is tokenized once.
+    ``tag_length`` consecutive rows. ``entities`` names, in order, the values whose feature vectors
+    follow the tags (see :class:`EncodedPrompts`); a feature slot's field must hold one of them. Each
+    distinct field value is tokenized once.
     """
 
-    def __init__(self, template: Template, tokenizer: PreTrainedTokenizerBase, tag_order: Sequence[str], tag_length: int):
+    def __init__(self, template: Template, tokenizer: PreTrainedTokenizerBase, tag_order: Sequence[str], tag_length: int,
+                 entities: Sequence[str] = ()):
         missing = set(template.tag_names) - set(tag_order)
         if missing:
             raise ValueError(f"No tags for {sorted(missing)} in the model's tag table {list(tag_order)}.")
+        if template.feature_fields and not entities:
+            raise ValueError(f"The template's feature slots {[f'<{{{f}}}>' for f in template.feature_fields]} need "
+                             f"a model with feature vectors; this one has none.")
         self.template = template
         self.tokenizer = tokenizer
         self.tag_length = tag_length
         self._tag_rows = {name: i * tag_length + np.arange(tag_length) for i, name in enumerate(tag_order)}
+        self._first_feature_row = len(tag_order) * tag_length
+        self._entities = {entity: i for i, entity in enumerate(entities)}
         self._pad_id = tokenizer.pad_token_id
         self._start_ids = list(tokenizer("", add_special_tokens=True).input_ids)
         self._text_ids = {p.text: self._tokenize([p.text])[0] for p in template.parts if isinstance(p, Text)}
@@ -193,12 +231,13 @@ class TemplateEncoder:
             unique = list(dict.fromkeys(texts))
             ids = dict(zip(unique, self._tokenize(unique)))
             field_ids[field.name] = [ids[t] for t in texts]
+        feature_rows = {field: [self._feature_rows(v) for v in values[field]] for field in self.template.feature_fields}
 
         encoded = EncodedPrompts([], [], [], np.zeros(n, dtype=np.int64))
         for row in range(n):
             ids, slots, segments = list(self._start_ids), [-1] * len(self._start_ids), [0] * len(self._start_ids)
             for index, part in enumerate(self.template.parts):
-                piece, piece_slots, segment = self._part_tokens(index, field_ids, row)
+                piece, piece_slots, segment = self._part_tokens(index, field_ids, feature_rows, row)
                 ids.extend(piece)
                 slots.extend(piece_slots)
                 segments.extend([segment] * len(piece))
@@ -208,7 +247,15 @@ class TemplateEncoder:
             encoded.readout[row] = len(ids) - 1
         return encoded
 
-    def _part_tokens(self, index: int, field_ids: dict, row: int) -> tuple[list[int], list[int], int]:
+    def _feature_rows(self, entity: str) -> list[int]:
+        """Rows of the feature vectors of ``entity``, after the tag table's rows."""
+        if entity not in self._entities:
+            raise ValueError(f"No feature vectors for {entity!r}; the model has them for {len(self._entities)} values.")
+        first = self._first_feature_row + self._entities[entity] * self.tag_length
+        return list(range(first, first + self.tag_length))
+
+    def _part_tokens(self, index: int, field_ids: dict, feature_rows: dict,
+                     row: int) -> tuple[list[int], list[int], int]:
         """Token ids, tag-table rows (-1 for vocabulary tokens) and segment of template part ``index``."""
         parts = self.template.parts
         part = parts[index]
@@ -218,6 +265,9 @@ class TemplateEncoder:
         if isinstance(part, Field):
             ids = field_ids[part.name][row]
             return ids, [-1] * len(ids), part.segment
+        if isinstance(part, FeatureSlot):
+            rows = feature_rows[part.name][row]
+            return [self._pad_id] * len(rows), rows, 0
         following = parts[index + 1] if index + 1 < len(parts) else None
         rows = self._tag_rows[part.name].tolist()
         return [self._pad_id] * len(rows), rows, following.segment if isinstance(following, Field) else 0

@@ -15,11 +15,14 @@ from sklearn.utils.validation import check_is_fitted
 from chemtag import pretrained
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.domains import get_domain
-from chemtag.estimators._inputs import as_frame, has_column_names, read_fields
+from chemtag.estimators._inputs import (
+    Allowed, FeatureTable, as_frame, has_column_names, read_feature_table, read_fields,
+)
+from chemtag.feature_tags import FeatureTag
 from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
-from chemtag.tags import DEFAULT_TAG_LENGTH, Tag
-from chemtag.templates import Template, TemplateEncoder
+from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
+from chemtag.templates import Template, TemplateEncoder, with_feature_slot
 from chemtag.training import TrainingConfig, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
 
@@ -31,9 +34,15 @@ class TagLLMEstimator(BaseEstimator):
 
     Subclasses set ``_classification`` and implement ``_head_size``, ``_encode_targets(y, n_rows, keep)``
     (targets of the rows ``keep`` that are trained on) and ``_loss``. Parameters are documented on :class:`~chemtag.TagLLMRegressor`.
+
+    A subclass may set ``_field_features`` to ``(field, parameter)``: the parameter may hold a table of
+    numeric features per value of the field (see :func:`~chemtag.estimators._inputs.read_feature_table`),
+    which a fit turns into a feature tag (:class:`~chemtag.feature_tags.FeatureTag`) spliced in at the
+    feature slot ``<{field}>``, written right before the function tag unless the template places it.
     """
 
     _classification = False
+    _field_features: tuple[str, str] | None = None
 
     def __init__(
         self,
@@ -129,26 +138,33 @@ class TagLLMEstimator(BaseEstimator):
     def fit(self, X, y):
         """Train the function tag (and head) on ``X`` (rows of inputs) and targets ``y``; returns self."""
         self._check_params()
+        warm = self.warm_start and hasattr(self, "tags_")
+        features = None if warm else self._feature_table()
         frame = as_frame(X, self._declared_fields())
         fields = self._fields(frame)
-        values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet, self.on_invalid)
+        source = self.template_ if warm else self._with_feature_slot(self.template or self._default_template(fields))
+        template = Template.parse(source)
+        if not warm:
+            self._check_feature_slots(template, features)
+        feature_ids = getattr(self, "feature_ids_", None) if warm else getattr(features, "ids", None)
+        allowed = self._allowed(template, feature_ids)
+        values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet, self.on_invalid,
+                                      allowed)
         if invalid.all():  # nothing left to train on: raise the message that names the rows
-            read_fields(frame, fields, self._columns(frame), self.protein_alphabet, "raise")
+            read_fields(frame, fields, self._columns(frame), self.protein_alphabet, "raise", allowed)
         keep = np.flatnonzero(~invalid)
         targets = self._encode_targets(y, len(frame), keep)
         if invalid.any():
             warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=2)
             values = {field: [v[i] for i in keep] for field, v in values.items()}
         values, targets = self._augment(values, targets)
-        warm = self.warm_start and hasattr(self, "tags_")
         if not warm:
             self._record_input_shape(X, frame)
             self.fields_ = dict(fields)
-            self.template_ = self.template or self._default_template(fields)
+            self.template_ = source
         backbone = self._backbone()
-        template = Template.parse(self.template_)
         self._check_template(template)
-        model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template)
+        model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template, features)
         prompts = self._encoder(template, model).encode(values)
         self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
         config = self._training_config(len(targets))
@@ -162,13 +178,15 @@ class TagLLMEstimator(BaseEstimator):
         check_is_fitted(self, "tags_")
         frame = as_frame(X, list(self.fields_))
         self._check_columns_at_predict(X, frame)
-        values, invalid = read_fields(frame, self.fields_, self._columns(frame), self.protein_alphabet, self.on_invalid)
+        template = Template.parse(self.template_)
+        values, invalid = read_fields(frame, self.fields_, self._columns(frame), self.protein_alphabet, self.on_invalid,
+                                      self._allowed(template, getattr(self, "feature_ids_", None)))
         backbone = self._backbone()
         model = self._model_from_fitted(backbone)
         outputs = np.full((len(frame), self._head_size()), np.nan)
         keep = np.flatnonzero(~invalid)
         if len(keep):
-            prompts = self._encoder(Template.parse(self.template_), model).encode(
+            prompts = self._encoder(template, model).encode(
                 {field: [v[i] for i in keep] for field, v in values.items()}
             )
             self._check_lengths(prompts.lengths, backbone, keep)
@@ -215,7 +233,7 @@ class TagLLMEstimator(BaseEstimator):
         if self.domains:
             return list(self.domains)
         if self.template:
-            return list(Template.parse(self.template).fields)
+            return list(Template.parse(self._with_feature_slot(self.template)).fields)
         return None
 
     def _fields(self, frame) -> dict[str, str]:
@@ -227,9 +245,41 @@ class TagLLMEstimator(BaseEstimator):
         for domain in fields.values():
             get_domain(domain)  # unknown domains fail here, before any compute
         if self.template:
-            template_fields = Template.parse(self.template).fields
+            template_fields = Template.parse(self._with_feature_slot(self.template)).fields
             fields = {field: fields.get(field, "Text") for field in template_fields}
         return fields
+
+    # ----------------------------------------------------------------- feature tags
+    def _feature_table(self) -> FeatureTable | None:
+        """The checked table of the ``_field_features`` parameter, or None where it is not given."""
+        if self._field_features is None:
+            return None
+        name = self._field_features[1]
+        table = getattr(self, name)
+        return None if table is None else read_feature_table(table, name)
+
+    def _with_feature_slot(self, source: str) -> str:
+        """``source`` with the feature slot of ``_field_features`` before its function tag when its table is given."""
+        if self._field_features is None or getattr(self, self._field_features[1]) is None:
+            return source
+        return with_feature_slot(source, self._field_features[0])
+
+    def _check_feature_slots(self, template: Template, features: FeatureTable | None) -> None:
+        """A template's feature slots need a feature table; a table needs a slot to enter the prompt."""
+        if template.feature_fields and features is None:
+            raise ValueError(f"The template {template.source!r} has feature slots but no feature table is given"
+                             + (f" (pass {self._field_features[1]})." if self._field_features else "."))
+        if features is not None and not template.feature_fields:
+            raise ValueError(f"{self._field_features[1]} is given but the template {template.source!r} has no "
+                             f"feature slot <{{{self._field_features[0]}}}> for it.")
+
+    def _allowed(self, template: Template, feature_ids: list[str] | None) -> dict[str, Allowed]:
+        """Feature-slot fields -> the IDs that have features: rows with other values are invalid input."""
+        if feature_ids is None:
+            return {}
+        table = self._field_features[1] if self._field_features else "the feature table"
+        hint = f"There are no features for these IDs in {table}. "
+        return {field: Allowed(set(feature_ids), hint) for field in template.feature_fields}
 
     def _columns(self, frame) -> Mapping[str, str] | None:
         return self.columns
@@ -268,7 +318,7 @@ class TagLLMEstimator(BaseEstimator):
 
     @staticmethod
     def _encoder(template: Template, model: TaggedModel) -> TemplateEncoder:
-        return TemplateEncoder(template, model.backbone.tokenizer, model.tag_names, model.tag_length)
+        return TemplateEncoder(template, model.backbone.tokenizer, model.tag_names, model.tag_length, model.feature_ids)
 
     def _check_lengths(self, lengths: np.ndarray, backbone: Backbone, rows: np.ndarray) -> None:
         """Refuse prompts over ``max_length`` (or the backbone's limit); ``rows`` are their positions in X."""
@@ -283,13 +333,17 @@ class TagLLMEstimator(BaseEstimator):
                 f"Shorten these inputs or raise max_length (the backbone allows {backbone.max_length})."
             )
 
-    def _new_model(self, backbone: Backbone, template: Template) -> TaggedModel:
+    def _new_model(self, backbone: Backbone, template: Template, features: FeatureTable | None) -> TaggedModel:
         domain_tag_names = [name for name in template.tag_names if name != template.function_tag]
         tags = pretrained.domain_tags(backbone, domain_tag_names, self.domain_tags, self.tag_length)
         tags.append(Tag.initialise(template.function_tag, "function", backbone, self.tag_length))
         trainable = [template.function_tag] + (domain_tag_names if self.tune_domain_tags else [])
         head = LinearHead(backbone.hidden_size, self._head_size())
-        return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments)
+        feature_tag = None if features is None else FeatureTag.initialise(
+            features.ids, torch.from_numpy(features.values),
+            initial_tag_vectors(backbone.model.get_input_embeddings().weight, self.tag_length),
+        ).to(backbone.device)
+        return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments, feature_tag)
 
     def _model_from_fitted(self, backbone: Backbone) -> TaggedModel:
         model = getattr(self, "_model", None)
@@ -297,13 +351,25 @@ class TagLLMEstimator(BaseEstimator):
             head = LinearHead(backbone.hidden_size, self._head_size())
             head.load_state_dict(self.head_)
             trainable = [n for n, t in self.tags_.items() if t.kind == "function" or self.tune_domain_tags]
+            feature_tag = (FeatureTag.from_state(self.feature_ids_, self.feature_tag_, backbone.hidden_size)
+                           .to(backbone.device) if hasattr(self, "feature_tag_") else None)
             model = TaggedModel(backbone, list(self.tags_.values()), head.to(backbone.device), trainable,
-                                self.isolate_segments)
+                                self.isolate_segments, feature_tag)
             self._model = model
         return model
 
     def _store_fitted(self, model: TaggedModel, backbone: Backbone) -> None:
         self.tags_ = model.export_tags()
         self.head_ = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+        self._store_feature_tag(model.feature_tag)
         self.backbone_fingerprint_ = backbone.fingerprint
         self._model = model
+
+    def _store_feature_tag(self, feature_tag: FeatureTag | None) -> None:
+        """``feature_ids_`` and ``feature_tag_`` (its state) from the fitted feature tag; none without one."""
+        if feature_tag is None:
+            self.__dict__.pop("feature_ids_", None)
+            self.__dict__.pop("feature_tag_", None)
+            return
+        self.feature_ids_ = list(feature_tag.ids)
+        self.feature_tag_ = {k: v.detach().cpu().clone() for k, v in feature_tag.state_dict().items()}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Collection, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from chemtag.domains import get_domain
-from chemtag.validation import InvalidInputError, report_invalid
+from chemtag.validation import InvalidInputError, plain_text, report_invalid
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +67,32 @@ def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
     return frame
 
 
+class Allowed(NamedTuple):
+    """The values a field may take once normalised, and the hint shown for any other."""
+
+    values: Collection[str]
+    hint: str
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Numeric features of named entities: ``ids`` ``(n,)`` normalised text, ``values`` ``(n, f)`` float32."""
+
+    ids: list[str]
+    values: np.ndarray
+
+
 def read_fields(frame: pd.DataFrame, fields: Mapping[str, str], columns: Mapping[str, str] | None,
-                protein_alphabet: str, on_invalid: str) -> tuple[dict[str, list[str]], np.ndarray]:
+                protein_alphabet: str, on_invalid: str,
+                allowed: Mapping[str, Allowed] | None = None) -> tuple[dict[str, list[str]], np.ndarray]:
     """Normalised text for each field, and the ``(n,)`` mask of rows with an invalid value.
 
     ``fields`` maps template field -> domain name; ``columns`` optionally maps a field to the user's
-    column name (by default the field's own name). With ``on_invalid="raise"`` invalid rows raise
+    column name (by default the field's own name); ``allowed`` optionally limits a field to given
+    values (e.g. the cell lines that have features). With ``on_invalid="raise"`` invalid rows raise
     :class:`InvalidInputError` naming them; with ``"nan"`` they are only masked (and logged).
     """
+    allowed = dict(allowed or {})
     columns = dict(columns or {})
     unknown = set(columns) - set(fields)
     if unknown:
@@ -92,9 +111,12 @@ def read_fields(frame: pd.DataFrame, fields: Mapping[str, str], columns: Mapping
         too_long = set(_too_long(raw, domain.max_length))
         normalised = [None if i in too_long else domain.normalise(value) for i, value in enumerate(raw)]
         unparsed = [i for i, value in enumerate(normalised) if value is None and i not in too_long]
+        known = allowed.get(field)
+        not_allowed = _not_allowed(normalised, known.values) if known is not None else []
         kind = domain_name if domain.tag else "values"
         long_hint = f"{domain_name} longer than {domain.max_length} characters are not parsed. "
-        for bad, hint in ((unparsed, domain.hint), (sorted(too_long), long_hint)):
+        for bad, hint in ((unparsed, domain.hint), (sorted(too_long), long_hint),
+                          (not_allowed, known.hint if known is not None else "")):
             if bad:
                 messages.append(report_invalid(kind, column, [raw[i] for i in bad], bad, len(raw), hint))
                 invalid[bad] = True
@@ -106,8 +128,39 @@ def read_fields(frame: pd.DataFrame, fields: Mapping[str, str], columns: Mapping
     return values, invalid
 
 
+def _not_allowed(normalised: list[str | None], values: Collection[str]) -> list[int]:
+    """Positions of the valid values in ``normalised`` that are not among ``values``."""
+    return [i for i, value in enumerate(normalised) if value is not None and value not in values]
+
+
 def _too_long(raw: list, max_length: int | None) -> list[int]:
     """Positions of the strings in ``raw`` longer than ``max_length`` characters once stripped."""
     if max_length is None:
         return []
     return [i for i, value in enumerate(raw) if isinstance(value, str) and len(value.strip()) > max_length]
+
+
+def read_feature_table(table: object, name: str) -> FeatureTable:
+    """``table``, a DataFrame indexed by entity ID with one numeric column per feature, checked: IDs
+    non-empty and distinct as text, features finite. ``name`` (the parameter) is used in messages."""
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame indexed by ID with one numeric column per feature, "
+                        f"got {type(table).__name__}.")
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one feature column, got shape {table.shape}.")
+    text = [column for column, dtype in table.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+    if text:
+        raise ValueError(f"{name} has non-numeric columns {text[:5]}; its IDs belong in the index, "
+                         f"e.g. frame.set_index({str(text[0])!r}).")
+    ids = [plain_text(value) for value in table.index]
+    missing = [i for i, value in enumerate(ids) if value is None]
+    if missing:
+        raise ValueError(f"{name} has missing or empty IDs in its index at rows {missing[:5]}.")
+    duplicated = sorted(set(pd.Index(ids)[pd.Index(ids).duplicated()]))
+    if duplicated:
+        raise ValueError(f"{name} has duplicated IDs {duplicated[:5]}.")
+    values = table.to_numpy(dtype=np.float64).astype(np.float32)
+    not_finite = [ids[i] for i in np.flatnonzero(~np.isfinite(values).all(axis=1))]
+    if not_finite:
+        raise ValueError(f"{name} has missing or infinite features (beyond float32) for IDs {not_finite[:5]}.")
+    return FeatureTable(ids, values)

@@ -86,15 +86,26 @@ class DrugComboRegressor(TagLLMRegressor):
     The cell line is written as text. The drug pair is unordered: ``pair_order="average"`` predicts
     the mean over both orders, ``"augment"`` also trains on both orders, ``"as_given"`` uses the
     order of the columns.
+
+    ``cell_line_features``: optional DataFrame of numeric features per cell line, ``(n_cell_lines,
+    n_features)``, indexed by the cell-line IDs of ``Cell_Line_ID`` (e.g. gene-expression z-scores:
+    ``pd.read_csv(path, index_col="SAMPLE_NAME")``). Given, a fit standardises the features over the
+    table's cell lines and projects each cell line's features into ``tag_length`` vectors (a trainable
+    linear map that starts at the same vectors for every cell line), spliced in by the feature slot
+    ``<{Cell_Line_ID}>`` right before the function tag, unless the template places it; rows whose
+    cell line has no features are invalid input (``on_invalid``). The table is stored in the fitted
+    model (``feature_ids_``, ``feature_tag_``): prediction, ``save`` and ``load`` need it no more, and a
+    warm start keeps the fitted one.
     """
 
     __init__ = _preset(
         TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}, function_tag="DC",
         template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
                   "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
-        pair_order="average",
+        pair_order="average", cell_line_features=None,
     )
     _PAIR_ORDERS = ("average", "augment", "as_given")
+    _field_features = ("Cell_Line_ID", "cell_line_features")
 
     def _check_params(self) -> None:
         super()._check_params()
