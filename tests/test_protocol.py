@@ -123,6 +123,17 @@ def test_a_fresh_install_finds_the_shipped_tags_for_the_default_backbone():
     assert torch.equal(tags[0].vectors, library["SMILES"].vectors)
 
 
+@pytest.mark.parametrize("estimator", [QEDRegressor, ProteinDescriptorRegressor])
+def test_a_fresh_install_finds_the_shipped_stage_2_estimators(estimator):
+    model = estimator.pretrained(verbose=0)
+    provenance = json.loads((pretrained.shipped_estimator_folder(model._backbone(), estimator.__name__)
+                             / "stage2.json").read_text())
+    assert provenance["stage"] == 2 and provenance["test_mse"] < provenance["mean_predictor_test_mse"]
+    shipped_domain_tags = pretrained.shipped_library(model._backbone()).tags
+    domain = next(name for name, tag in model.tags_.items() if tag.kind == "domain")
+    assert torch.equal(model.tags_[domain].vectors, shipped_domain_tags[domain].vectors), "stage 2 froze it"
+
+
 SMILES_CORPUS = ["C" * n + group for n in range(1, 9) for group in ("O", "N", "Cl", "C(=O)O", "c1ccccc1")]
 
 
