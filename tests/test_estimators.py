@@ -162,3 +162,13 @@ def test_a_dataframe_without_column_names_reads_like_the_array_it_wraps():
     from_array = TagLLMRegressor(**FAST).fit(array, TARGETS)
     assert from_frame.template_ == from_array.template_
     np.testing.assert_array_equal(from_frame.predict(pd.DataFrame(array)), from_array.predict(array))
+
+
+def test_cache_memory_bytes_moves_the_prefix_cache_to_disk_without_changing_the_fit(capsys):
+    in_memory = QEDRegressor(**(FAST | {"verbose": 1})).fit(SMILES, TARGETS)
+    assert "in memory" in capsys.readouterr().out
+    on_disk = QEDRegressor(cache_memory_bytes=0, **(FAST | {"verbose": 1})).fit(SMILES, TARGETS)
+    assert "on disk" in capsys.readouterr().out
+    np.testing.assert_array_equal(on_disk.predict(SMILES), in_memory.predict(SMILES))
+    with pytest.raises(ValueError, match="cache_memory_bytes must be a non-negative integer"):
+        QEDRegressor(cache_memory_bytes=-1, **FAST).fit(SMILES, TARGETS)

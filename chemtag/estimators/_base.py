@@ -23,6 +23,7 @@ from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import Template, TemplateEncoder, with_feature_slot
+from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
 from chemtag.training import TrainingConfig, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
 
@@ -70,6 +71,7 @@ class TagLLMEstimator(BaseEstimator):
         random_state: int | None = 0,
         warm_start: bool = False,
         checkpoint_dir: str | Path | None = None,
+        cache_memory_bytes: int = DEFAULT_MEMORY_BYTES,
         verbose: int = 1,
     ):
         self.domains = domains
@@ -95,6 +97,7 @@ class TagLLMEstimator(BaseEstimator):
         self.random_state = random_state
         self.warm_start = warm_start
         self.checkpoint_dir = checkpoint_dir
+        self.cache_memory_bytes = cache_memory_bytes
         self.verbose = verbose
 
     # ----------------------------------------------------------------- sklearn protocol
@@ -190,7 +193,8 @@ class TagLLMEstimator(BaseEstimator):
                 {field: [v[i] for i in keep] for field, v in values.items()}
             )
             self._check_lengths(prompts.lengths, backbone, keep)
-            outputs[keep] = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1).numpy()
+            outputs[keep] = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1,
+                                    cache_memory_bytes=self.cache_memory_bytes).numpy()
         return outputs
 
     # ----------------------------------------------------------------- pieces
@@ -199,6 +203,8 @@ class TagLLMEstimator(BaseEstimator):
             raise ValueError(f"on_invalid must be one of {ON_INVALID}, got {self.on_invalid!r}.")
         if self.protein_alphabet not in PROTEIN_ALPHABETS:
             raise ValueError(f"protein_alphabet must be one of {sorted(PROTEIN_ALPHABETS)}, got {self.protein_alphabet!r}.")
+        if not isinstance(self.cache_memory_bytes, (int, np.integer)) or self.cache_memory_bytes < 0:
+            raise ValueError(f"cache_memory_bytes must be a non-negative integer, got {self.cache_memory_bytes!r}.")
         for name in ("tag_length", "max_epochs", "batch_size", "patience"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -212,6 +218,7 @@ class TagLLMEstimator(BaseEstimator):
             max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
             validation_fraction=self._validation_fraction(n_rows), patience=self.patience, bf16=self.bf16,
             verbose=self.verbose, random_state=self.random_state, checkpoint_dir=self.checkpoint_dir,
+            cache_memory_bytes=self.cache_memory_bytes,
         )
 
     def _validation_fraction(self, n_rows: int) -> float:
