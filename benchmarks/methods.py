@@ -104,6 +104,10 @@ def _chemtag(**params) -> Callable[[Context], Regressor]:
         random_state=context.seed, verbose=0, **params)
 
 
+def _chemtag_with_expression(context: Context) -> Regressor:
+    return _chemtag(cell_line_features=read_cell_expression(context.data_dir))(context)
+
+
 def _probe(pooling: str) -> Callable[[Context], Regressor]:
     return lambda context: ProbeRegressor(context.template, context.backbone, pooling)
 
@@ -123,6 +127,11 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag()),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
                                 "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),
+    Method("chemtag-augment", "chemtag trained on both drug orders (pair_order='augment'; default 'average' "
+                              "averages both orders at prediction only)", _chemtag(pair_order="augment"),
+           tasks=("dc-oneil",)),
+    Method("chemtag-expression", "chemtag with the cell lines' expression as a projected feature tag",
+           _chemtag_with_expression, tasks=("dc-oneil",)),
     Method("probe-mean", "ridge on the frozen backbone's mean-pooled final hidden state", _probe("mean")),
     Method("probe-last", "ridge on the frozen backbone's last-token final hidden state", _probe("last")),
     Method("prompt-tuning", "peft prompt tuning (p virtual tokens) + linear head", _peft("prompt-tuning"),
