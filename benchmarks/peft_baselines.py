@@ -31,7 +31,7 @@ from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.heads import LinearHead
 from chemtag.model import pad_rows
 from chemtag.tags import DEFAULT_TAG_LENGTH
-from chemtag.training import TrainingConfig, length_bucketed_batches, validation_split, warm_up
+from chemtag.training import TrainingConfig, length_bucketed_batches, probe_epoch, validation_split, warm_up
 
 POOLINGS = ("mean", "last")
 PEFT_METHODS = ("prompt-tuning", "lora")
@@ -166,13 +166,7 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
                valid_rows: np.ndarray) -> dict:
         """Epoch 0: fit the head to the untrained model's readouts; return its history record."""
         readouts = self._readouts(tokens, np.concatenate([train_rows, valid_rows]))
-        train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
-        self.head_.initialise(train_readouts, targets[train_rows], _loss)
-        with torch.no_grad():
-            record = {"epoch": 0, "train_loss": _loss(self.head_(train_readouts), targets[train_rows]).item()}
-            if len(valid_rows):
-                record["valid_loss"] = _loss(self.head_(valid_readouts), targets[valid_rows]).item()
-        return record
+        return probe_epoch(self.head_, readouts, targets, train_rows, valid_rows, _loss)
 
     def _epoch(self, tokens: list[np.ndarray], targets: torch.Tensor, train_rows: np.ndarray,
                optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:

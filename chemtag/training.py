@@ -198,6 +198,19 @@ def _keep_best(model: TaggedModel, best_state: dict[str, torch.Tensor] | None) -
     model.eval()
 
 
+def probe_epoch(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Tensor, train_rows: np.ndarray,
+                valid_rows: np.ndarray, loss_fn: LossFunction) -> dict:
+    """Epoch 0: fit ``head`` to fixed ``readouts`` ``(len(train_rows) + len(valid_rows), d)`` (training rows
+    first) with its ``initialise``; the history record of its training (and validation) loss."""
+    train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
+    head.initialise(train_readouts, targets[train_rows], loss_fn)
+    with torch.no_grad():
+        record = {"epoch": 0, "train_loss": loss_fn(head(train_readouts), targets[train_rows]).item()}
+        if len(valid_rows):
+            record["valid_loss"] = loss_fn(head(valid_readouts), targets[valid_rows]).item()
+    return record
+
+
 def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
                      config: TrainingConfig) -> dict:
@@ -206,13 +219,7 @@ def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarra
     started = time.perf_counter()
     readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
                         config.bf16, readouts_only=True)
-    readouts = readouts.to(targets.device)
-    train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
-    model.head.initialise(train_readouts, targets[train_rows], loss_fn)
-    with torch.no_grad():
-        record = {"epoch": 0, "train_loss": loss_fn(model.head(train_readouts), targets[train_rows]).item()}
-        if len(valid_rows):
-            record["valid_loss"] = loss_fn(model.head(valid_readouts), targets[valid_rows]).item()
+    record = probe_epoch(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn)
     # Only held-out rows can rank the probe against trained epochs: its own training loss is a fit's optimum.
     record.update(best=bool(len(valid_rows)), seconds=time.perf_counter() - started)
     if config.verbose > 0:
