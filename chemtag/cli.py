@@ -31,6 +31,9 @@ def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chemtag.domains import TAGGED_DOMAINS
+    from chemtag.representations import MOLECULE_LANGUAGES
+
     parser = argparse.ArgumentParser(prog="chemtag", description="Tag-LLM predictors for chemistry and biology.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -62,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser("pretrain", help="stage 1: train a domain tag on unlabelled text into a tag library")
     pretrain.add_argument("corpus", help="one text a line (.txt, .txt.gz) or FASTA (.fasta, .fa, optionally .gz)")
-    pretrain.add_argument("--domain", required=True, choices=("SMILES", "Protein"), help="the domain tag to train")
+    pretrain.add_argument("--domain", required=True, choices=TAGGED_DOMAINS, help="the domain tag to train")
+    pretrain.add_argument("--corpus-language", choices=MOLECULE_LANGUAGES, default=None,
+                          help="the corpus's molecular language when it differs from --domain: entries are "
+                               "converted, e.g. a SMILES corpus with --domain SELFIES")
     pretrain.add_argument("-o", "--output", required=True, help="tag library folder (created, or extended)")
     pretrain.add_argument("--backbone", default="smollm2-135m")
     pretrain.add_argument("--steps", type=int, default=500)
@@ -150,7 +156,7 @@ def _pretrain(args) -> None:
     measured = pretrain_into_library(
         load_backbone(args.backbone, device=device), args.corpus, args.domain, args.output, limit=args.limit,
         accelerator=accelerator,
-        validation=args.validation, spaced=args.spaced, tag_length=args.tag_length, steps=args.steps,
+        validation=args.validation, spaced=args.spaced, corpus_language=args.corpus_language, tag_length=args.tag_length, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens, bf16=args.bf16, random_state=args.seed,
     )
     if accelerator is not None:

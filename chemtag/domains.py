@@ -40,6 +40,8 @@ DOMAINS: dict[str, Domain] = {
                       MAX_LENGTHS["Formula"]),
 }
 
+TAGGED_DOMAINS = tuple(name for name, domain in DOMAINS.items() if domain.tag)  # domains written after a tag
+
 
 def get_domain(name: str, protein_alphabet: str = "standard") -> Domain:
     """The domain called ``name``; ``protein_alphabet`` picks the letters a protein may use."""

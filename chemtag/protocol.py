@@ -7,6 +7,7 @@ text follows. Stages 2 and 3 are the estimators (function tags over frozen domai
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import time
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from chemtag.backbones import Backbone
 from chemtag.model import Batch, TaggedModel, autocast
 from chemtag.domains import get_domain
+from chemtag.representations import convert
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, TagLibrary, file_sha256
 from chemtag.templates import EncodedPrompts
 from chemtag.training import length_bucketed_batches
@@ -175,16 +177,24 @@ def read_corpus(path: str | Path) -> list[str]:
 
 def pretrain_into_library(backbone: Backbone, corpus: str | Path, domain: str, library_folder: str | Path, *,
                           limit: int | None = None, validation: int = 200, spaced: bool = False,
-                          accelerator: "Accelerator | None" = None, **options) -> dict:
+                          corpus_language: str | None = None, accelerator: "Accelerator | None" = None,
+                          **options) -> dict:
     """Stage 1 end to end: read and validate ``corpus``, hold out ``validation`` texts, train ``<domain>``,
     measure held-out loss with no tag, the initial tag and the trained tag, and add the tag (with
     that provenance) to the library at ``library_folder`` (created, or extended if it exists).
+
+    ``corpus_language`` names the molecular language the corpus is written in when it differs from
+    ``domain``: each entry is converted (e.g. a SMILES corpus into SELFIES for ``<SELFIES>``), in
+    corpus order, so that held-out entries are the same molecules as for the corpus's own language.
     With several processes (``accelerator``) only the main process measures and writes."""
     normalise = get_domain(domain).normalise
+    if corpus_language not in (None, domain):
+        normalise = functools.partial(convert, source=corpus_language, target=domain)
     raw = read_corpus(corpus)
     texts = [t for t in (normalise(text) for text in raw) if t]
     if len(texts) < len(raw):
-        logger.warning("Dropped %d of %d corpus entries that are not valid %s.", len(raw) - len(texts), len(raw), domain)
+        logger.warning("Dropped %d of %d corpus entries that are not valid %s.", len(raw) - len(texts), len(raw),
+                       corpus_language or domain)
     if spaced:
         texts = [spaced_residues(text) for text in texts]
     rows = np.random.default_rng(options.get("random_state", 0)).permutation(len(texts))
@@ -202,6 +212,7 @@ def pretrain_into_library(backbone: Backbone, corpus: str | Path, domain: str, l
     }
     tag.provenance |= {
         "corpus": Path(corpus).name, "corpus_sha256": file_sha256(Path(corpus)), "spaced_residues": spaced,
+        "corpus_language": corpus_language or domain,
         "validation_texts": len(held_out), "held_out_loss_nats_per_token": measured,
         "final_train_loss": float(np.mean([h["train_loss"] for h in history[-20:]])),
     }
