@@ -129,6 +129,15 @@ def with_feature_slot(source: str, field: str) -> str:
     return f"{source[:end]}<{{{field}}}> {source[end:]}"
 
 
+def with_domain_tag(source: str, field: str, tag: str) -> str:
+    """``source`` with ``<tag>`` as the domain tag right before ``{field}``, in place of the one there."""
+    current = Template.parse(source).domain_tags.get(field)
+    if current is None:
+        raise ValueError(f"The template {source!r} has no domain tag right before {{{field}}}.")
+    pattern = re.compile(rf"<{re.escape(current)}>(\s*)\{{{re.escape(field)}\}}")
+    return pattern.sub(lambda match: f"<{tag}>{match.group(1)}{{{field}}}", source, count=1)
+
+
 def _attach_fields_to_domain_tags(raw: list[Part]) -> list[Part]:
     """Move white space before a field into the field, drop it before a tag, and number domain segments."""
     parts: list[Part] = []

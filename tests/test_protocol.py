@@ -175,3 +175,74 @@ def test_cli_pretrain_function_writes_the_estimator_and_reports_its_error(shippe
     assert code == 0
     assert "QEDRegressor written to" in capsys.readouterr().out
     assert QEDRegressor.load(shipped_folder / "estimators" / "QEDRegressor").n_features_in_ == 1
+
+
+# ----------------------------------------------------------------- zero-shot composition
+
+
+@pytest.fixture
+def smiles_and_selfies_library(shipped_folder, tiny_llama):
+    """The tiny backbone's shipped library with a <SELFIES> tag beside <SMILES>."""
+    library = TagLibrary.load(shipped_folder)
+    library.add(Tag("SELFIES", "domain", torch.randn(10, 64), {"stage": 1}))
+    return library.save(shipped_folder)
+
+
+def test_with_domain_swaps_the_domain_tag_and_keeps_function_tag_and_head(smiles_and_selfies_library):
+    model = QEDRegressor(**FAST).fit(SMILES_CORPUS[:12], qed(SMILES_CORPUS[:12]))
+    composed = model.with_domain("Drug", "SELFIES")
+    assert composed.template_ == model.template_.replace("<SMILES> {Drug}", "<SELFIES> {Drug}")
+    assert composed.fields_ == {"Drug": "SELFIES"} and model.fields_ == {"Drug": "SMILES"}, "the original is unchanged"
+    assert set(composed.tags_) == {"SELFIES", "QED"}
+    assert torch.equal(composed.tags_["SELFIES"].vectors, TagLibrary.load(smiles_and_selfies_library)["SELFIES"].vectors)
+    assert torch.equal(composed.tags_["QED"].vectors, model.tags_["QED"].vectors)
+    assert all(torch.equal(composed.head_[k], model.head_[k]) for k in model.head_)
+
+
+def test_a_model_composed_back_to_its_own_domain_predicts_as_before(smiles_and_selfies_library):
+    model = QEDRegressor(**FAST).fit(SMILES_CORPUS[:12], qed(SMILES_CORPUS[:12]))
+    round_trip = model.with_domain("Drug", "SELFIES").with_domain("Drug", "SMILES")
+    np.testing.assert_array_equal(round_trip.predict(SMILES_CORPUS[12:20]), model.predict(SMILES_CORPUS[12:20]))
+
+
+def test_a_composed_model_reads_and_validates_the_new_domain(smiles_and_selfies_library, tmp_path):
+    from chemtag.representations import convert
+
+    composed = QEDRegressor(**FAST).fit(SMILES_CORPUS[:12], qed(SMILES_CORPUS[:12])).with_domain("Drug", "SELFIES")
+    selfies = [convert(smiles, "SMILES", "SELFIES") for smiles in SMILES_CORPUS[12:16]]
+    predictions = composed.predict(selfies)
+    assert predictions.shape == (4,) and np.isfinite(predictions).all()
+    with pytest.raises(ValueError, match=r"Invalid SELFIES in column .Drug. at 1 of 2 rows: 1 \(.not selfies.\)"):
+        composed.predict([selfies[0], "not selfies"])
+    loaded = QEDRegressor.load(composed.save(tmp_path / "composed"))
+    np.testing.assert_array_equal(loaded.predict(selfies), predictions)
+    assert loaded.get_params()["domains"] == {"Drug": "SELFIES"}
+
+
+def test_a_clone_of_a_composed_model_trains_on_the_new_domain(smiles_and_selfies_library):
+    from sklearn.base import clone
+
+    composed = QEDRegressor(**FAST).fit(SMILES_CORPUS[:12], qed(SMILES_CORPUS[:12])).with_domain("Drug", "SELFIES")
+    refitted = clone(composed).fit(["[C][C][O]", "[C][C][N]", "[C][C][C]"], [0.1, 0.2, 0.3])
+    assert "<SELFIES> {Drug}" in refitted.template_ and set(refitted.tags_) == {"SELFIES", "QED"}
+
+
+def test_with_domain_refuses_fields_it_cannot_compose(smiles_and_selfies_library):
+    model = QEDRegressor(**FAST).fit(SMILES_CORPUS[:12], qed(SMILES_CORPUS[:12]))
+    with pytest.raises(ValueError, match="'Target' is not an input field of this model; its fields are \\['Drug'\\]"):
+        model.with_domain("Target", "SELFIES")
+    with pytest.raises(ValueError, match="Unknown domain 'DNA'"):
+        model.with_domain("Drug", "DNA")
+    with pytest.raises(ValueError, match="'Drug' is SMILES input and 'Text' has no tag"):
+        model.with_domain("Drug", "Text")
+
+
+def test_cli_pretrain_converts_a_smiles_corpus_for_another_language(tmp_path, tiny_llama):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS))
+    code = main(["pretrain", str(corpus), "--domain", "SELFIES", "--corpus-language", "SMILES", "-o",
+                 str(tmp_path / "tags"), "--backbone", "tiny-llama", "--steps", "2", "--batch-size", "4",
+                 "--validation", "4", "--tag-length", "4"])
+    assert code == 0
+    tag = TagLibrary.load(tmp_path / "tags", tiny_llama)["SELFIES"]
+    assert tag.provenance["corpus_language"] == "SMILES" and tag.provenance["texts"] == len(CORPUS) - 4

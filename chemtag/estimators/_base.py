@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from chemtag.feature_tags import FeatureTag
 from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
-from chemtag.templates import Template, TemplateEncoder, with_feature_slot
+from chemtag.templates import Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
 from chemtag.training import TrainingConfig, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
@@ -136,6 +137,37 @@ class TagLLMEstimator(BaseEstimator):
         if folder is None:
             raise LookupError(f"No pretrained {cls.__name__} is shipped for backbone {backbone!r}; fit one instead.")
         return cls.load(folder).set_params(**params)
+
+    def with_domain(self, field: str, domain: str, domain_tags: str | Path | None = "pretrained") -> "TagLLMEstimator":
+        """A fitted copy that reads ``field`` as ``domain`` input, with no training (zero-shot composition).
+
+        The domain tag before ``field`` becomes ``<domain>``, taken from ``domain_tags`` as in :meth:`fit`
+        (the tags shipped for the backbone, a tag library folder, or ``None`` for the initialisation);
+        the function tag, the head and the rest of the prompt are kept. E.g. a QED model trained on SMILES
+        predicts from SELFIES: ``QEDRegressor.pretrained().with_domain("Drug", "SELFIES")``. The copy's
+        parameters name the new domain, so refitting a clone of it trains on that domain.
+        """
+        check_is_fitted(self, "tags_")
+        if field not in self.fields_:
+            raise ValueError(f"{field!r} is not an input field of this model; its fields are {list(self.fields_)}.")
+        new_tag, old_tag = get_domain(domain).tag, get_domain(self.fields_[field]).tag
+        if new_tag is None or old_tag is None:
+            raise ValueError(f"Only a field behind a domain tag can change domain: {field!r} is "
+                             f"{self.fields_[field]} input and {domain!r} has {'a' if new_tag else 'no'} tag.")
+        backbone = self._backbone()
+        function_tag = Template.parse(self.template_).function_tag
+        composed = copy.deepcopy(self)  # without the backbone: see __getstate__
+        composed.fields_ = self.fields_ | {field: domain}
+        composed.template_ = with_domain_tag(self.template_, field, new_tag)
+        composed.set_params(
+            domains=dict(composed.fields_), domain_tags=domain_tags,
+            template=with_domain_tag(self.template, field, new_tag) if self.template else None,
+        )
+        kept = {name: tag for name, tag in self.tags_.items()
+                if name in Template.parse(composed.template_).tag_names}
+        added = pretrained.domain_tags(backbone, [new_tag], domain_tags, self.tags_[function_tag].length)
+        composed.tags_ = kept | {tag.name: tag for tag in added if tag.name not in kept}
+        return composed
 
     # ----------------------------------------------------------------- fit / predict
     def fit(self, X, y):
