@@ -17,6 +17,7 @@ from sklearn.dummy import DummyRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.pipeline import make_pipeline
 
+from benchmarks.chemprop_baseline import ChempropRegressor, environment_ready
 from benchmarks.features import ExpertFeatures
 from benchmarks.neural import DeepDTARegressor, DeepSynergyRegressor
 from benchmarks.peft_baselines import PeftRegressor, ProbeRegressor
@@ -52,13 +53,18 @@ class Context:
 
 @dataclass(frozen=True)
 class Method:
-    """A named way to build a regressor; ``tasks`` limits it to some tasks, ``requires`` names modules."""
+    """A named way to build a regressor; ``tasks`` limits it to some tasks, ``requires`` names modules.
+
+    ``environment_ready`` is set for methods that run in a separate environment of their own, which
+    their first fit creates: it tells whether that environment is already there.
+    """
 
     name: str
     description: str
     build: Callable[[Context], Regressor]
     tasks: tuple[str, ...] | None = None
     requires: tuple[str, ...] = ()
+    environment_ready: Callable[[], bool] | None = None
 
     def applies_to(self, task: Task) -> bool:
         return self.tasks is None or task.name in self.tasks
@@ -98,6 +104,11 @@ def _deepsynergy(context: Context) -> Regressor:
                                 random_state=context.seed)
 
 
+def _chemprop(context: Context) -> Regressor:
+    [smiles] = context.task.columns("molecule")
+    return ChempropRegressor(smiles, epochs=context.budget.neural_epochs, random_state=context.seed)
+
+
 def _chemtag(**params) -> Callable[[Context], Regressor]:
     return lambda context: context.task.estimator(
         backbone=context.backbone, max_epochs=context.budget.tag_epochs, batch_size=context.budget.batch_size,
@@ -124,6 +135,8 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("random-forest", "random forest on the same features", _random_forest),
     Method("deepdta", "DeepDTA CNN-CNN, reimplemented in torch", _deepdta, tasks=("ba-davis",)),
     Method("deepsynergy", "DeepSynergy-style MLP, torch", _deepsynergy, tasks=("dc-oneil",)),
+    Method("chemprop", "chemprop 2.3.1's default MPNN, run by the chemprop CLI in its own environment",
+           _chemprop, tasks=("qed",), environment_ready=environment_ready),
     Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag()),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
                                 "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),

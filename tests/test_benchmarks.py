@@ -14,6 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the checkout, not installed
 
 from benchmarks import __main__ as cli
+from benchmarks import chemprop_baseline
+from benchmarks.chemprop_baseline import ChempropError, ChempropRegressor, ensure_environment, train_command
 from benchmarks.features import ExpertFeatures, protein_composition
 from benchmarks.methods import METHODS, Method
 from benchmarks.metrics import concordance_index, pearson
@@ -204,6 +206,87 @@ def test_peft_keeps_the_epoch_of_least_validation_loss_and_stops_after_patience(
     assert np.mean(residuals ** 2) == pytest.approx(min(losses), rel=1e-4)
 
 
+# -------------------------------------------------------------------------------------------- chemprop
+def fake_chemprop(tmp_path: Path, body: str) -> Path:
+    """An executable Python script standing in for ``chemprop``; ``body`` sees its arguments as ``args``."""
+    script = tmp_path / "chemprop"
+    script.write_text(f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+ECHO_CHEMPROP = """
+import shutil, pandas as pd
+value = lambda flag: args[args.index(flag) + 1]
+if args[0] == "train":
+    shutil.copy(value("--data-path"), {seen!r})
+else:
+    table = pd.read_csv(value("--test-path"))
+    table.assign(y=table["smiles"].str.len()).to_csv(value("--output"), index=False)
+"""  # train: keeps a copy of the training CSV; predict: the length of each SMILES
+
+
+def options(command: list[str]) -> dict[str, list[str]]:
+    """Each ``--flag`` of a command line with the values that follow it."""
+    flags = [i for i, part in enumerate(command) if part.startswith("--")]
+    return {command[i]: command[i + 1:j] for i, j in zip(flags, [*flags[1:], len(command)])}
+
+
+def test_chemprop_train_command_is_seeded_cpu_regression_without_a_test_split(tmp_path):
+    command = train_command(Path("chemprop"), tmp_path / "train.csv", tmp_path / "model", epochs=30,
+                            validation_fraction=0.1, seed=7)
+    given = options(command)
+    assert command[:2] == ["chemprop", "train"]
+    assert given["--epochs"] == ["30"] and given["--task-type"] == ["regression"]
+    assert given["--data-seed"] == given["--pytorch-seed"] == ["7"]
+    assert given["--accelerator"] == ["cpu"]
+    assert [float(x) for x in given["--split-sizes"]] == [0.9, 0.1, 0.0]
+    assert given["--warmup-epochs"] == ["2"]
+
+
+def test_chemprop_warmup_is_shorter_than_a_short_training():
+    assert options(train_command(Path("chemprop"), Path("a.csv"), Path("m"), 2, 0.1, 0))["--warmup-epochs"] == ["1"]
+
+
+def test_chemprop_regressor_trains_on_the_given_rows_and_reads_predictions_back_in_order(tmp_path):
+    seen = tmp_path / "seen.csv"
+    executable = fake_chemprop(tmp_path, ECHO_CHEMPROP.format(seen=str(seen)))
+    X_train, y_train = pd.DataFrame({"Drug": DRUGS[:4]}), np.array([0.1, 0.2, 0.3, 0.4])
+    model = ChempropRegressor(epochs=3, executable=executable).fit(X_train, y_train)
+    handed = pd.read_csv(seen)
+    assert handed["smiles"].tolist() == DRUGS[:4] and np.allclose(handed["y"], y_train)
+    X_test = pd.DataFrame({"Drug": ["CCCCCCCC", "C", "CCO"]})
+    assert model.predict(X_test).tolist() == [8.0, 1.0, 3.0]
+
+
+def test_chemprop_failure_raises_with_the_tail_of_its_stderr(tmp_path):
+    noisy = "sys.stderr.write(''.join(f'line {i}\\n' for i in range(100)) + 'RuntimeError: no molecules\\n')"
+    executable = fake_chemprop(tmp_path, f"{noisy}\nsys.exit(3)")
+    with pytest.raises(ChempropError, match="train chemprop.*exit status 3") as raised:
+        ChempropRegressor(executable=executable).fit(pd.DataFrame({"Drug": DRUGS}), np.zeros(len(DRUGS)))
+    assert "RuntimeError: no molecules" in str(raised.value) and "line 99" in str(raised.value)
+    assert "line 0\n" not in str(raised.value)
+
+
+def test_chemprop_environment_that_cannot_be_created_raises_and_stays_incomplete(tmp_path):
+    offline = fake_chemprop(tmp_path, "sys.stderr.write('ERROR: No matching distribution found for chemprop\\n')\n"
+                                      "sys.exit(1)")
+    with pytest.raises(ChempropError, match="virtual environment(.|\n)*No matching distribution"):
+        ensure_environment(tmp_path / "env", python=offline)
+    assert not chemprop_baseline.environment_ready(tmp_path / "env")
+
+
+@pytest.mark.skipif(not chemprop_baseline.environment_ready(),
+                    reason="chemprop's environment is not created (python -m benchmarks run --methods chemprop)")
+def test_chemprop_fits_and_predicts_qed_of_50_smiles(shared_data):
+    data = load_data(TASKS["qed"], Rows(50, 10), data_dir=shared_data)
+    model = ChempropRegressor(epochs=3).fit(data.X_train, data.y_train)
+    predictions = model.predict(data.X_test)
+    assert predictions.shape == (10,) and np.isfinite(predictions).all()
+    assert [h["epoch"] for h in model.history_] == [1, 2, 3]
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["valid_loss"]) for h in model.history_)
+
+
 # ---------------------------------------------------------------------------------------------- runner
 class Spy:
     """A regressor that remembers what it was fitted on and asked to predict."""
@@ -250,12 +333,18 @@ def test_load_data_crops_proteins_and_labels_what_is_kept(shared_data):
     assert np.allclose(data.y_train, TASKS["descriptor"].label(data.X_train))
 
 
+def runs_here(method: Method) -> bool:
+    """Installed, and not waiting for a separate environment that the test suite must not create."""
+    return not method.missing() and (method.environment_ready is None or method.environment_ready())
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, shared_data, tmp_path):
-    results = run(TASKS[task], TINY_BUDGET, rows=TINY_ROWS, backbone="tiny-llama", data_dir=shared_data,
+    methods = [m for m in METHODS.values() if runs_here(m)]
+    results = run(TASKS[task], TINY_BUDGET, methods, rows=TINY_ROWS, backbone="tiny-llama", data_dir=shared_data,
                   results_dir=tmp_path / "results", img_dir=tmp_path / "img", log=lambda *_: None)
     ran = set(results["method"])
-    expected = {m.name for m in METHODS.values() if m.applies_to(TASKS[task]) and not m.missing()}
+    expected = {m.name for m in methods if m.applies_to(TASKS[task])}
     assert ran == expected
     assert set(results["metric"]) == set(TASKS[task].metrics)
     assert (results["n_train"] == TINY_ROWS.n_train).all() and (results["n_test"] == TINY_ROWS.n_test).all()
