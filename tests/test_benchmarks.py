@@ -4,6 +4,7 @@ the runner end to end on tiny data with the tiny backbone, and the command line.
 from __future__ import annotations
 
 import itertools
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from benchmarks.metrics import concordance_index, pearson
 from benchmarks.neural import DeepSynergyRegressor
 from benchmarks.peft_baselines import PeftRegressor, plain_prompts
 from benchmarks.report import merge_into
-from benchmarks.runner import load_data, results_stem, run
+from benchmarks.runner import cpu_seconds, load_data, results_stem, run
 from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
-from benchmarks.tasks import TASKS, Budget, Rows, Task
+from benchmarks.tasks import TASKS, TDC_TASKS, Budget, Rows, Task
 from chemtag.training import validation_split
 
 TINY_BUDGET = Budget("tiny", tag_epochs=1, peft_epochs=1, neural_epochs=2, boosting_rounds=5, forest_trees=5, batch_size=4)
@@ -339,9 +340,10 @@ def runs_here(method: Method) -> bool:
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, shared_data, tmp_path):
+def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, request, tmp_path):
+    data_dir = request.getfixturevalue("tdc_data" if task in TDC_TASKS else "shared_data")
     methods = [m for m in METHODS.values() if runs_here(m)]
-    results = run(TASKS[task], TINY_BUDGET, methods, rows=TINY_ROWS, backbone="tiny-llama", data_dir=shared_data,
+    results = run(TASKS[task], TINY_BUDGET, methods, rows=TINY_ROWS, backbone="tiny-llama", data_dir=data_dir,
                   results_dir=tmp_path / "results", img_dir=tmp_path / "img", log=lambda *_: None)
     ran = set(results["method"])
     expected = {m.name for m in methods if m.applies_to(TASKS[task])}
@@ -356,6 +358,12 @@ def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, shared_data, 
     written = pd.read_csv(tmp_path / "results" / f"{stem}.csv")
     assert {"task", "method", "metric", "value", "fit_seconds", "n_train", "n_test", "budget", "date",
             "machine"} <= set(written.columns)
+
+
+def test_cpu_seconds_count_finished_child_processes():
+    started = cpu_seconds()
+    subprocess.run([sys.executable, "-c", "sum(range(10 ** 7))"], check=True)
+    assert cpu_seconds() - started > 0.1  # the child's loop; this process only waits
 
 
 def test_a_partial_run_replaces_only_its_methods(tmp_path):
