@@ -11,22 +11,24 @@ with the KV cache) and stops at the end token or after ``max_new_tokens``.
 
 Training goes through :func:`chemtag.training.train`: :class:`TaggedGenerator`'s forward returns
 each row's summed target loss and token count, so batching, early stopping and the frozen-prefix
-cache (the prompt before the function tag computed once) apply unchanged.
+cache (the prompt before the function tag computed once) apply unchanged. The loss
+(:func:`target_token_losses`) and decoding (:func:`generate_after`) also serve causal LMs without
+tags, on :func:`untagged_prompts`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from chemtag.backbones import Backbone
-from chemtag.model import Batch, TaggedModel, autocast, pad_rows
+from chemtag.model import Batch, TaggedModel, pad_rows
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts
 
@@ -94,6 +96,52 @@ def until_end(ids: Sequence[int], end: int) -> list[int]:
     return ids[:ids.index(end)] if end in ids else ids
 
 
+def untagged_prompts(ids: Sequence[Sequence[int]]) -> EncodedPrompts:
+    """Prompts of vocabulary tokens only (no tag slots, one segment), each read out at its last token."""
+    rows = [np.asarray(row, dtype=np.int64) for row in ids]
+    return EncodedPrompts(rows, [np.full(len(row), -1) for row in rows], [np.zeros_like(row) for row in rows],
+                          np.array([len(row) - 1 for row in rows], dtype=np.int64))
+
+
+def target_token_losses(hidden: torch.Tensor, batch: Batch, lm_head: nn.Module) -> torch.Tensor:
+    """``(B, 2)``: each row's summed next-token cross-entropy (nats) over its target tokens and their count,
+    from the final hidden states ``(B, L, d)`` of the right-padded ``batch`` and the LM head; the prompt's
+    tokens are never scored (:func:`target_positions`)."""
+    scored = target_positions(batch)[:, :-1]
+    labels = batch.input_ids[:, 1:][scored]
+    logits = lm_head(hidden[:, :-1][scored])
+    losses = functional.cross_entropy(logits.float(), labels, reduction="none")
+    rows = scored.nonzero()[:, 0]
+    sums = torch.zeros(len(scored), device=losses.device).index_add(0, rows, losses)
+    return torch.stack([sums, scored.sum(dim=1).float()], dim=1)
+
+
+@torch.no_grad()
+def generate_after(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: EncodedPrompts,
+                   embed: Callable[[Batch], torch.Tensor], max_new_tokens: int, num_beams: int = 1,
+                   batch_size: int = 16, bf16: bool = False, verbose: int = 0) -> list[list[int]]:
+    """Token ids ``lm`` writes after each prompt, without the end token: at most ``max_new_tokens`` each.
+
+    ``embed`` maps a left-padded batch to its input embeddings ``(B, L, d)`` (tags spliced in, or the
+    vocabulary embeddings alone). Greedy for ``num_beams=1``, else beam search; prompts are decoded
+    ``batch_size`` at a time, sorted by length, with the KV cache, and stop at the end token.
+    """
+    end = end_token_id(tokenizer)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                              eos_token_id=end, pad_token_id=tokenizer.pad_token_id)
+    order = np.argsort(prompts.lengths, kind="stable")
+    written: list[list[int]] = [[] for _ in range(len(prompts))]
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=verbose <= 0, leave=False):
+        rows = order[start:start + batch_size]
+        batch = left_padded(prompts, rows, tokenizer.pad_token_id, lm.device)
+        with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = lm.generate(inputs_embeds=embed(batch), attention_mask=batch.attention_mask.long(),
+                                  generation_config=config)
+        for row, ids in zip(rows, outputs.tolist()):
+            written[row] = until_end(ids, end)
+    return written
+
+
 class TaggedGenerator(TaggedModel):
     """A tagged model whose output is text after the function tag, written by the backbone's LM head.
 
@@ -107,39 +155,16 @@ class TaggedGenerator(TaggedModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         hidden, _ = self.hidden_states(batch)
-        scored = target_positions(batch)[:, :-1]
-        labels = batch.input_ids[:, 1:][scored]
-        logits = self.backbone.model.get_output_embeddings()(hidden[:, :-1][scored])
-        losses = functional.cross_entropy(logits.float(), labels, reduction="none")
-        rows = scored.nonzero()[:, 0]
-        sums = torch.zeros(len(scored), device=losses.device).index_add(0, rows, losses)
-        return torch.stack([sums, scored.sum(dim=1).float()], dim=1)
+        return target_token_losses(hidden, batch, self.backbone.model.get_output_embeddings())
 
     @torch.no_grad()
     def generate(self, prompts: EncodedPrompts, max_new_tokens: int, num_beams: int = 1, batch_size: int = 16,
                  bf16: bool = False, verbose: int = 0) -> list[list[int]]:
-        """Token ids written after each prompt, without the end token: at most ``max_new_tokens`` each.
-
-        Greedy for ``num_beams=1``, else beam search; prompts are decoded ``batch_size`` at a time,
-        sorted by length, with the KV cache.
-        """
+        """Token ids written after each prompt, without the end token: :func:`generate_after` with the tags
+        spliced into the prompts."""
         self.eval()
-        tokenizer = self.backbone.tokenizer
-        end = end_token_id(tokenizer)
-        config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                  eos_token_id=end, pad_token_id=tokenizer.pad_token_id)
-        order = np.argsort(prompts.lengths, kind="stable")
-        written: list[list[int]] = [[] for _ in range(len(prompts))]
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=verbose <= 0, leave=False):
-            rows = order[start:start + batch_size]
-            batch = left_padded(prompts, rows, tokenizer.pad_token_id, self.backbone.device)
-            with autocast(self, bf16):
-                outputs = self.backbone.model.generate(inputs_embeds=self.input_embeddings(batch),
-                                                       attention_mask=batch.attention_mask.long(),
-                                                       generation_config=config)
-            for row, ids in zip(rows, outputs.tolist()):
-                written[row] = until_end(ids, end)
-        return written
+        return generate_after(self.backbone.model, self.backbone.tokenizer, prompts, self.input_embeddings,
+                              max_new_tokens, num_beams, batch_size, bf16, verbose)
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, sequences: Sequence[Sequence[int]]) -> list[str]:
