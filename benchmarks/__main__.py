@@ -25,7 +25,9 @@ def parser() -> argparse.ArgumentParser:
                      "results then go to files named {task}-{budget}-{n_train}x{n_test}")
     run.add_argument("--n-test", type=int, help="test rows to draw (default: the budget's)")
     run.add_argument("--backbone", help=f"chemtag's backbone (default: ${BACKBONE_ENV_VAR} or smollm2-135m)")
-    run.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    run.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                     help="data folder (default: ../shared/data); the tdc-* tasks read TDC's layout under it, "
+                          "{group}/{benchmark}/train_val|test, as PyTDC's path argument")
     run.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     run.add_argument("--img-dir", type=Path, default=IMG_DIR)
     commands.add_parser("list", help="list tasks, budgets and methods")

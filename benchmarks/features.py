@@ -1,4 +1,4 @@
-"""Expert features: Morgan count fingerprints, amino-acid and dipeptide composition, cell-line expression."""
+"""Expert features: Morgan count fingerprints, amino-acid and dipeptide composition, cell-line features."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ class ExpertFeatures(TransformerMixin, BaseEstimator):
     """Rows of a task's input columns -> one feature vector per row.
 
     Molecule columns are fingerprinted and summed (so a drug pair is unordered), protein columns
-    become composition, cell-line columns look up ``expression`` (a table indexed by cell line).
+    become composition, cell-line columns look up ``expression`` (a table indexed by cell line), vector
+    columns (one array ``(f,)`` per row) are stacked; other kinds (text) are left out.
     """
 
     def __init__(self, inputs: dict[str, str], expression: pd.DataFrame | None = None):
@@ -67,4 +68,5 @@ class ExpertFeatures(TransformerMixin, BaseEstimator):
         blocks += [protein_composition(X[c].tolist()) for c, kind in self.inputs.items() if kind == "protein"]
         blocks += [self.expression.loc[X[c]].to_numpy(np.float32) for c, kind in self.inputs.items()
                    if kind == "cell_line"]
+        blocks += [np.stack(X[c].tolist()).astype(np.float32) for c, kind in self.inputs.items() if kind == "vector"]
         return np.hstack(blocks)

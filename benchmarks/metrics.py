@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import numpy as np
 from scipy import stats
@@ -53,3 +54,16 @@ METRICS: dict[str, Metric] = {
     "mse": mse, "rmse": rmse, "mae": mae, "pearson": pearson, "spearman": spearman, "ci": concordance_index,
 }
 LOWER_IS_BETTER = frozenset({"mse", "rmse", "mae"})
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A run's metric functions by name, and ``source``: where its rows and metrics come from, recorded
+    with each result (``"suite"``: this suite's readers and metrics)."""
+
+    metrics: Mapping[str, Metric]
+    source: str
+
+
+def suite_scoring() -> Scoring:
+    return Scoring(METRICS, "suite")

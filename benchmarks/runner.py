@@ -19,7 +19,7 @@ from chemtag.backbones import DEFAULT_BACKBONE
 
 from benchmarks import report
 from benchmarks.methods import METHODS, Context, Method
-from benchmarks.metrics import METRICS
+from benchmarks.metrics import Scoring
 from benchmarks.splits import subsample
 from benchmarks.tasks import BUDGETS, DATA_DIR, Budget, Rows, Task, crop_proteins
 
@@ -81,8 +81,8 @@ def results_stem(task: Task, budget: Budget, rows: Rows) -> str:
     return stem if rows == task.rows(budget.name) else f"{stem}-{rows.n_train or 'all'}x{rows.n_test or 'all'}"
 
 
-def evaluate(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {name: METRICS[name](y_true, y_pred) for name in task.metrics}
+def evaluate(task: Task, scoring: Scoring, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {name: scoring.metrics[name](y_true, y_pred) for name in task.metrics}
 
 
 def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = None, *, rows: Rows | None = None,
@@ -98,11 +98,13 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
     rows = rows or task.rows(budget.name)
     backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
     data = load_data(task, rows, fold, seed, data_dir)
+    scoring = task.scoring()
     context = Context(task, budget, rows, seed, backbone, data_dir)
     stamp = {"task": task.name, "budget": budget.name, "seed": seed, "fold": fold, "backbone": backbone,
              "n_train": len(data.y_train), "n_test": len(data.y_test),
-             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
-    log(f"{task.name} ({budget.name}): {stamp['n_train']} train / {stamp['n_test']} test rows")
+             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+             "source": scoring.source}
+    log(f"{task.name} ({budget.name}, {scoring.source}): {stamp['n_train']} train / {stamp['n_test']} test rows")
     results, predictions, histories = [], [], []
     for method in resolve_methods(task, methods):
         if method.missing():
@@ -115,7 +117,7 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
         y_pred = np.asarray(model.predict(data.X_test), dtype=float)
         timing = {"fit_seconds": fitted - started, "predict_seconds": time.perf_counter() - fitted,
                   "cpu_seconds": cpu_seconds() - cpu_started, "load_average": load}
-        scores = evaluate(task, data.y_test, y_pred)
+        scores = evaluate(task, scoring, data.y_test, y_pred)
         estimator = type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__
         results += [stamp | timing | {"method": method.name, "metric": k, "value": v, "estimator": estimator}
                     for k, v in scores.items()]

@@ -1,6 +1,7 @@
 """The benchmark tasks: where each dataset is read from, how it is split and labelled, what is reported.
 
-Data live in ``../shared/data`` next to the project (``--data-dir`` to change); nothing is copied.
+Data live in ``../shared/data`` next to the project (``--data-dir`` to change); nothing is copied. The
+TDC benchmark groups are read from TDC's layout under the same folder (:mod:`benchmarks.tdc_groups`).
 Budgets set the rows each task takes and how long the iterative methods train: ``full`` is the whole
 split; ``quick`` is a seeded subset of each side small enough for a 2-core CPU, and for protein inputs
 keeps only the first ``max_residues`` residues (the descriptor label is computed on what is kept).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +23,10 @@ from chemtag import BindingAffinityRegressor, DrugComboRegressor, ProteinDescrip
 from chemtag.descriptors import protein_descriptor, qed
 from chemtag.validation import normalised_protein
 
+from benchmarks import tdc_groups
+from benchmarks.metrics import Scoring, suite_scoring
 from benchmarks.splits import Split, davis_setting1, pair_split, random_split
+from benchmarks.tdc_groups import TdcBenchmark
 
 DATA_DIR = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 TEST_FRACTION = 0.2  # random and pair splits hold out one row in five
@@ -62,9 +67,11 @@ QUICK_PROTEIN_CROP = 64  # residues kept of each protein in the quick budget
 class Task:
     """A dataset, its split and labels, its inputs and the chemtag preset that models it.
 
-    ``inputs`` maps input columns to kinds (``"molecule"``, ``"protein"``, ``"cell_line"``);
-    ``split(frame, fold, seed)`` returns a :class:`~benchmarks.splits.Split` of the rows ``read``
-    returns; ``label(frame)`` gives targets ``(n,)`` for (possibly cropped) rows.
+    ``inputs`` maps input columns to kinds (``"molecule"``, ``"protein"``, ``"cell_line"``: a name
+    looked up in the O'Neil expression table, ``"text"``, ``"vector"``: numeric features ``(f,)`` per
+    row); ``split(frame, fold, seed)`` returns a :class:`~benchmarks.splits.Split` of the rows ``read``
+    returns; ``label(frame)`` gives targets ``(n,)`` for (possibly cropped) rows; ``scoring()``, called
+    when a run starts, gives the metric functions and the ``source`` recorded with the results.
     """
 
     name: str
@@ -78,6 +85,7 @@ class Task:
     quick: Rows
     full: Rows = field(default_factory=Rows)
     n_folds: int = 1
+    scoring: Callable[[], Scoring] = suite_scoring
 
     def rows(self, budget: str) -> Rows:
         return self.quick if budget == "quick" else self.full
@@ -124,19 +132,52 @@ def _random(frame: pd.DataFrame, fold: int, seed: int) -> Split:
     return random_split(len(frame), TEST_FRACTION, seed)
 
 
+def _tdc_split(frame: pd.DataFrame, fold: int, seed: int) -> Split:
+    return tdc_groups.split(frame)
+
+
+def _y(frame: pd.DataFrame) -> np.ndarray:
+    return frame["Y"].to_numpy(float)
+
+
+BINDINGDB_PATENT = TdcBenchmark("dti_dg_group", "bindingdb_patent", "csv", tdc_metric="pcc", metric="pearson")
+DRUGCOMB_CSS = TdcBenchmark("drugcombo_group", "drugcomb_css", "pkl", tdc_metric="mae", metric="mae")
+
+
+def _read_drugcomb_css(data_dir: Path) -> pd.DataFrame:
+    return tdc_groups.flat_cell_lines(tdc_groups.read(DRUGCOMB_CSS, data_dir))
+
+
+TDC_TASKS: dict[str, Task] = {
+    "tdc-bindingdb-patent": Task(
+        "tdc-bindingdb-patent", "TDC dti_dg_group BindingDB_Patent: train on TDC's train_val (patents of 2013-2018), "
+        "test on its test (2019-2021)", {"Target": "protein", "Drug": "molecule"}, BindingAffinityRegressor,
+        ("pearson", "spearman", "mse"), partial(tdc_groups.read, BINDINGDB_PATENT), _tdc_split, _y,
+        quick=Rows(128, 64, QUICK_PROTEIN_CROP), scoring=partial(tdc_groups.scoring, BINDINGDB_PATENT),
+    ),
+    "tdc-drugcomb-css": Task(
+        "tdc-drugcomb-css", "TDC drugcombo_group DrugComb_CSS: train on TDC's train_val, test on its test; the "
+        "cell line as text for chemtag, its CellLine features for the expert models",
+        {"Drug1": "molecule", "Drug2": "molecule", "Cell_Line_ID": "text", "CellLine": "vector"}, DrugComboRegressor,
+        ("mae", "rmse", "pearson"), _read_drugcomb_css, _tdc_split, _y, quick=Rows(128, 64),
+        scoring=partial(tdc_groups.scoring, DRUGCOMB_CSS),
+    ),
+}
+
+
 TASKS: dict[str, Task] = {
     "ba-davis": Task(
         "ba-davis", "Davis kinase binding affinity (pKd), DeepDTA setting 1: folds 0-4 train, `test` test",
         {"Target": "protein", "Drug": "molecule"}, BindingAffinityRegressor, ("mse", "ci", "pearson", "spearman"),
-        _read_davis, lambda frame, fold, seed: davis_setting1(frame["fold"]), lambda frame: frame["Y"].to_numpy(float),
+        _read_davis, lambda frame, fold, seed: davis_setting1(frame["fold"]), _y,
         quick=Rows(128, 64, QUICK_PROTEIN_CROP),
     ),
     "dc-oneil": Task(
         "dc-oneil", "O'Neil drug-combination synergy (Loewe), 5 folds grouped by unordered drug pair",
         {"Drug1": "molecule", "Drug2": "molecule", "Cell_Line_ID": "cell_line"}, DrugComboRegressor,
         ("mae", "rmse", "pearson"), _read_oneil,
-        lambda frame, fold, seed: pair_split(frame["Drug1_ID"], frame["Drug2_ID"], fold, 5, seed),
-        lambda frame: frame["Y"].to_numpy(float), quick=Rows(128, 64), n_folds=5,
+        lambda frame, fold, seed: pair_split(frame["Drug1_ID"], frame["Drug2_ID"], fold, 5, seed), _y,
+        quick=Rows(128, 64), n_folds=5,
     ),
     "qed": Task(
         "qed", "RDKit QED of MOSES SMILES, random 80/20 split", {"Drug": "molecule"}, QEDRegressor, ("mse",),
@@ -147,4 +188,5 @@ TASKS: dict[str, Task] = {
         {"Target": "protein"}, ProteinDescriptorRegressor, ("mse",), _read_proteins, _random,
         lambda frame: protein_descriptor(frame["Target"]), quick=Rows(200, 100, QUICK_PROTEIN_CROP),
     ),
+    **TDC_TASKS,
 }

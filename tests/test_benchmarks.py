@@ -25,7 +25,7 @@ from benchmarks.peft_baselines import PeftRegressor, plain_prompts
 from benchmarks.report import merge_into
 from benchmarks.runner import cpu_seconds, load_data, results_stem, run
 from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
-from benchmarks.tasks import TASKS, Budget, Rows, Task
+from benchmarks.tasks import TASKS, TDC_TASKS, Budget, Rows, Task
 from chemtag.training import validation_split
 
 TINY_BUDGET = Budget("tiny", tag_epochs=1, peft_epochs=1, neural_epochs=2, boosting_rounds=5, forest_trees=5, batch_size=4)
@@ -340,9 +340,10 @@ def runs_here(method: Method) -> bool:
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, shared_data, tmp_path):
+def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, request, tmp_path):
+    data_dir = request.getfixturevalue("tdc_data" if task in TDC_TASKS else "shared_data")
     methods = [m for m in METHODS.values() if runs_here(m)]
-    results = run(TASKS[task], TINY_BUDGET, methods, rows=TINY_ROWS, backbone="tiny-llama", data_dir=shared_data,
+    results = run(TASKS[task], TINY_BUDGET, methods, rows=TINY_ROWS, backbone="tiny-llama", data_dir=data_dir,
                   results_dir=tmp_path / "results", img_dir=tmp_path / "img", log=lambda *_: None)
     ran = set(results["method"])
     expected = {m.name for m in methods if m.applies_to(TASKS[task])}
