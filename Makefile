@@ -1,4 +1,4 @@
-.PHONY: setup demo test
+.PHONY: setup demo test tdc
 
 setup:
 	bash scripts/setup.sh
@@ -8,3 +8,6 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+tdc: setup
+	bash scripts/install_pytdc.sh
