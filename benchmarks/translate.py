@@ -6,18 +6,22 @@ language; one ``<Translate>`` tag is then trained on some directions only and ev
 on directions it never saw. Every representation comes from the shared SMILES corpus through RDKit
 and ``selfies``, with disjoint molecules for stage 1, for the translation pairs and for the test.
 
-Methods, all on the same frozen backbone and test molecules:
+Methods (``--methods``), all on the same backbone and test molecules:
 
 - ``tags``: :class:`~chemtag.MoleculeTranslator` with the stage-1 language tags (frozen) and ``<Translate>``;
-- ``prompt tuning``: the same translator with the languages written as words, so that ``<Translate>``
+- ``prompt-tuning``: the same translator with the languages written as words, so that ``<Translate>``
   (the soft prompt) is the only trained vector, on the same pairs and steps;
+- ``lora``: LoRA adapters on a copy of the causal LM (:class:`~benchmarks.lora_translation.LoraTranslator`),
+  the languages written as words and no tag, on the same pairs and steps;
 - ``few-shot``: no training; ``--shots`` pairs of the same direction, one per line
   (``Input: SMILES ... Output: SELFIES ...``), before the test input, greedy decoding to the end of the line.
 
-Metrics per direction: exact match after canonicalisation (same molecule; same Hill formula) and
-validity (the output parses in the target language). Prints a Markdown table and writes JSON.
+Stage 1 runs only with ``tags``. Metrics per direction: exact match after canonicalisation (same
+molecule; same Hill formula) and validity (the output parses in the target language). Prints a
+Markdown report and writes JSON (``--out``) and the report (``--markdown``). ``python -m benchmarks run
+--task gen-translate --budget quick|full`` runs it with the arguments of :data:`BUDGETS`.
 
-    .venv/bin/python benchmarks/translate.py --bf16 --library tags/ --out translate.json > translate.log 2>&1
+    .venv/bin/python -m benchmarks.translate --bf16 --library tags/ --out translate.json > translate.log 2>&1
 """
 
 from __future__ import annotations
@@ -37,15 +41,31 @@ from transformers import GenerationConfig
 
 from chemtag import MoleculeTranslator
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from chemtag.generation import left_padded, until_end
+from chemtag.generation import left_padded, until_end, untagged_prompts
 from chemtag.protocol import pretrain_domain_tag, text_loss
 from chemtag.representations import LANGUAGES, canonical, convert, same
 from chemtag.tags import TagLibrary
-from chemtag.templates import EncodedPrompts
+
+from benchmarks.lora_translation import LoraTranslator
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smiles_moses_100k.txt.gz"
 TRAINED = [("SMILES", "SELFIES"), ("InChI", "SMILES"), ("SMILES", "Formula")]
 UNSEEN = [("InChI", "SELFIES"), ("SELFIES", "Formula"), ("SELFIES", "SMILES")]
+METHODS = ("tags", "prompt-tuning", "lora", "few-shot")
+# Arguments of each budget of ``python -m benchmarks run --task gen-translate``. Wall time on the default
+# backbone (SmolLM2-135M), bf16 for full, one torch thread on a 2-core CPU shared with other jobs (load ~3),
+# from per-step costs measured there: stage-1 step of 8 texts 1.7 s, stage-2 step of 8 pairs 1.6 s (tags,
+# prompt tuning) and 2.5 s (LoRA), a decoding step of 50 rows 0.3 s.
+BUDGETS: dict[str, list[str]] = {
+    # The defaults: 4 x 20 stage-1 steps of 4 texts, 72 pairs x 3 epochs = 54 steps per method, 10 test
+    # molecules per direction: about 10 minutes (seconds on the tiny backbones).
+    "quick": [],
+    # 4 x 200 stage-1 steps of 8 texts (2,000 molecules, ~23 min), 150 pairs per trained direction x 3 epochs
+    # = 169 steps per method (~16 min for three methods), 50 test molecules per direction (~9 min of
+    # decoding, few-shot's long prompts included): about 50 minutes.
+    "full": ["--stage1-texts", "2000", "--stage1-steps", "200", "--pairs", "150", "--epochs", "3", "--test", "50",
+             "--batch-size", "8", "--bf16"],
+}
 
 
 def molecules(corpus: Path, count: int, max_atoms: int, seed: int) -> list[dict[str, str]]:
@@ -115,8 +135,7 @@ def few_shot(backbone: Backbone, examples: list[dict[str, str]], texts: list[str
     tokenizer = backbone.tokenizer
     shots = "".join(f"Input: {source} {e[source]} Output: {target} {e[target]}\n" for e in examples)
     ids = tokenizer([shots + f"Input: {source} {text} Output: {target}" for text in texts]).input_ids
-    prompts = EncodedPrompts([np.asarray(i) for i in ids], [np.full(len(i), -1) for i in ids],
-                             [np.zeros(len(i), dtype=np.int64) for i in ids], np.zeros(len(ids), dtype=np.int64))
+    prompts = untagged_prompts(ids)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids,
                               pad_token_id=tokenizer.pad_token_id)
     batch = left_padded(prompts, range(len(texts)), tokenizer.pad_token_id, backbone.device)
@@ -135,17 +154,64 @@ def scores(predicted: list[str | None], expected: list[str], language: str) -> d
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def translators(args: argparse.Namespace, library: Path) -> dict[str, MoleculeTranslator | LoraTranslator]:
+    """The trained methods of ``args.methods``, unfitted: the same pairs, epochs and batch size for each."""
+    common = dict(backbone=args.backbone, max_epochs=args.epochs, batch_size=args.batch_size, bf16=args.bf16,
+                  random_state=args.seed)
+    tagged = dict(common, tag_length=args.tag_length, lr=args.lr, validation_fraction=0, verbose=0)
+    every = {"tags": MoleculeTranslator(**tagged, domain_tags=str(library), languages=list(LANGUAGES)),
+             "prompt-tuning": MoleculeTranslator(**tagged, language_tags=False),
+             "lora": LoraTranslator(**common, lora_rank=args.lora_rank, lr=args.lora_lr)}
+    return {name: model for name, model in every.items() if name in args.methods}
+
+
+def method_names(text: str) -> list[str]:
+    """``--methods``: comma-separated names of :data:`METHODS`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return names
+
+
+def run_budget(budget: str, results_dir: Path, *, n_train: int | None = None, n_test: int | None = None,
+               methods: list[str] | None = None, seed: int = 0, backbone: str | None = None,
+               data_dir: Path | None = None) -> dict:
+    """The experiment with ``budget``'s arguments, for ``python -m benchmarks run --task gen-translate``.
+
+    ``n_train`` pairs per trained direction and ``n_test`` test molecules per direction replace the
+    budget's where given; the corpus is read from ``data_dir``. Writes ``gen-translate-{budget}.json``
+    and ``.md`` into ``results_dir``, with ``-{n_train}x{n_test}`` after the budget where a size is given.
+    """
+    argv = [*BUDGETS[budget], "--seed", str(seed)]
+    for option, value in (("--pairs", n_train), ("--test", n_test), ("--backbone", backbone),
+                          ("--methods", ",".join(methods) if methods else None),
+                          ("--corpus", data_dir / CORPUS.name if data_dir else None)):
+        if value is not None:
+            argv += [option, str(value)]
+    stem = f"gen-translate-{budget}"
+    if n_train is not None or n_test is not None:
+        sizes = parser().parse_args(argv)
+        stem += f"-{sizes.pairs}x{sizes.test}"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return main([*argv, "--out", str(results_dir / f"{stem}.json"), "--markdown", str(results_dir / f"{stem}.md")])
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--methods", type=method_names, default=list(METHODS),
+                        help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
     parser.add_argument("--max-atoms", type=int, default=17, help="largest molecule, in heavy atoms")
     parser.add_argument("--stage1-texts", type=int, default=200, help="molecules per language for stage 1")
     parser.add_argument("--stage1-steps", type=int, default=20)
     parser.add_argument("--stage1-lr", type=float, default=1e-2)
     parser.add_argument("--pairs", type=int, default=24, help="training molecules per trained direction")
     parser.add_argument("--epochs", type=int, default=3, help="stage-2 epochs over the training pairs")
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=1e-2, help="learning rate of the <Translate> tag")
+    parser.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of the LoRA adapters")
+    parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--test", type=int, default=10, help="test molecules per direction")
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--tag-length", type=int, default=10)
@@ -155,7 +221,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--library", type=Path, help="stage-1 tag library: tags it holds are reused, new ones added")
     parser.add_argument("--out", type=Path, help="JSON results, rewritten after each stage and direction")
-    args = parser.parse_args(argv)
+    parser.add_argument("--markdown", type=Path, help="Markdown report, written at the end")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     backbone = load_backbone(args.backbone)
@@ -170,19 +241,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as scratch:
         library = args.library or Path(scratch)
-        results["stage1"] = stage_one(backbone, stage1, test, library, args)
-        save()
+        if "tags" in args.methods:
+            results["stage1"] = stage_one(backbone, stage1, test, library, args)
+            save()
         X, y = pairs(train, TRAINED)
-        common = dict(backbone=args.backbone, tag_length=args.tag_length, max_epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, validation_fraction=0, bf16=args.bf16,
-                      random_state=args.seed, verbose=0)
-        methods = {}
-        for name, options in (("tags", dict(domain_tags=str(library), languages=list(LANGUAGES))),
-                              ("prompt tuning", dict(language_tags=False))):
+        methods = translators(args, library)
+        for name, model in methods.items():
             fit_started = time.perf_counter()
-            methods[name] = MoleculeTranslator(**common, **options).fit(X, y)
+            model.fit(X, y)
             results.setdefault("stage2", {})[name] = {
-                "rows": len(X), "train_loss": [h["train_loss"] for h in methods[name].history_],
+                "rows": len(X), "train_loss": [h["train_loss"] for h in model.history_],
                 "seconds": round(time.perf_counter() - fit_started, 1)}
             print(f"stage 2 {name}: {results['stage2'][name]}", flush=True)
             save()
@@ -195,24 +263,42 @@ def main(argv: list[str] | None = None) -> dict:
         for name, model in methods.items():
             model.set_params(max_new_tokens=limit, batch_size=len(X_test))  # decode all test rows at once
             row[name] = scores(model.predict(X_test), y_test, target)
-        row["few-shot"] = scores(few_shot(backbone, train[:args.shots], X_test["text"].tolist(), source, target,
-                                          limit, stop_ids, args.bf16), y_test, target)
+        if "few-shot" in args.methods:
+            row["few-shot"] = scores(few_shot(backbone, train[:args.shots], X_test["text"].tolist(), source, target,
+                                              limit, stop_ids, args.bf16), y_test, target)
         results["table"].append(row)
-        print(row["direction"], {m: (row[m]["exact_match"], row[m]["valid"]) for m in (*methods, "few-shot")},
-              flush=True)
+        print(row["direction"], {m: (row[m]["exact_match"], row[m]["valid"]) for m in args.methods}, flush=True)
         save()
-    print(markdown(results["table"]))
+    report = markdown(results)
+    if args.markdown:
+        args.markdown.write_text(report)
+    print(report)
     return results
 
 
-def markdown(table: list[dict]) -> str:
-    methods = [key for key in table[0] if key not in ("direction", "trained")]
-    lines = ["| direction | seen in training | " + " | ".join(f"{m}: exact / valid" for m in methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
-    for row in table:
+def markdown(results: dict) -> str:
+    """The report: stage 1's held-out loss per language, stage 2's training, and the table per direction."""
+    lines = [f"Backbone {results['args']['backbone']}, seed {results['args']['seed']}, "
+             f"{results['seconds']:.0f} s.", ""]
+    if "stage1" in results:
+        lines += ["Stage 1, held-out next-token loss (nats per token):", "",
+                  "| language | steps | no tag | trained tag |", "|---|---|---|---|"]
+        lines += [f"| {language} | {r['steps']} | {r['held_out_loss_no_tag']:.2f} | {r['held_out_loss_tag']:.2f} |"
+                  for language, r in results["stage1"].items()]
+        lines.append("")
+    if "stage2" in results:
+        lines += ["Stage 2, training loss per epoch (nats per target token):", ""]
+        lines += [f"- {name} ({r['rows']} pairs, {r['seconds']:.0f} s): "
+                  + ", ".join(f"{loss:.2f}" for loss in r["train_loss"]) for name, r in results["stage2"].items()]
+        lines.append("")
+    methods = [key for key in results["table"][0] if key not in ("direction", "trained")]
+    lines += ["Exact match after canonicalisation / validity in the target language:", "",
+              "| direction | seen in training | " + " | ".join(f"{m}: exact / valid" for m in methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+    for row in results["table"]:
         cells = " | ".join(f"{row[m]['exact_match']:.2f} / {row[m]['valid']:.2f}" for m in methods)
         lines.append(f"| {row['direction']} | {'yes' if row['trained'] else 'no (zero-shot)'} | {cells} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
