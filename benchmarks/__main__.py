@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
+from benchmarks.generation_tasks import GENERATION_TASKS
 from benchmarks.methods import METHODS
 from benchmarks.runner import BACKBONE_ENV_VAR, IMG_DIR, RESULTS_DIR, redraw, run_many
 from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS, TDC_TASKS
@@ -15,11 +17,12 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     commands = main.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run methods on tasks and write results, tables and plots")
-    run.add_argument("--task", action="append", required=True, choices=[*TASKS, "all"],
-                     help="task to run (repeat for several; 'all' for every task but the tdc-* ones, "
-                          "which need TDC's files)")
+    run.add_argument("--task", action="append", required=True, choices=[*TASKS, *GENERATION_TASKS, "all"],
+                     help="task to run (repeat for several; 'all' for every regression task but the tdc-* "
+                          "ones, which need TDC's files)")
     run.add_argument("--budget", choices=list(BUDGETS), default="quick")
-    run.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
+    run.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all); "
+                     + "; ".join(f"for {t.name}: {', '.join(t.methods)}" for t in GENERATION_TASKS.values()))
     run.add_argument("--fold", type=int, default=0, help="test fold of tasks with folds (dc-oneil: 0-4)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--n-train", type=int, help="training rows to draw (default: the budget's); "
@@ -43,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "list":
         for task in TASKS.values():
             print(f"task {task.name}: {task.description}; metrics {', '.join(task.metrics)}")
+        for task in GENERATION_TASKS.values():
+            print(f"task {task.name}: {task.description}; metrics {', '.join(task.metrics)}; "
+                  f"methods {', '.join(task.methods)}")
         for budget in BUDGETS.values():
             print(f"budget {budget}")
         for method in METHODS.values():
@@ -54,16 +60,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"redrew {table.name.removesuffix('-history.csv')}")
         return 0
     methods = arguments.methods.split(",") if arguments.methods else None
-    unknown = set(methods or ()) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"Unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     every = [name for name in TASKS if name not in TDC_TASKS]
     names = every if "all" in arguments.task else list(dict.fromkeys(arguments.task))
+    regression = [TASKS[name] for name in names if name in TASKS]
+    generation = [GENERATION_TASKS[name] for name in names if name in GENERATION_TASKS]
+    for known in ([METHODS] if regression else []) + [task.methods for task in generation]:
+        unknown = set(methods or ()) - set(known)
+        if unknown:
+            raise SystemExit(f"Unknown methods {sorted(unknown)}; choose from {', '.join(known)}.")
     started = time.perf_counter()
-    run_many([TASKS[name] for name in names], arguments.budget, arguments.n_train, arguments.n_test,
-             methods=methods, fold=arguments.fold,
-             seed=arguments.seed, backbone=arguments.backbone, data_dir=arguments.data_dir,
-             results_dir=arguments.results_dir, img_dir=arguments.img_dir)
+    if regression:
+        run_many(regression, arguments.budget, arguments.n_train, arguments.n_test,
+                 methods=methods, fold=arguments.fold,
+                 seed=arguments.seed, backbone=arguments.backbone, data_dir=arguments.data_dir,
+                 results_dir=arguments.results_dir, img_dir=arguments.img_dir)
+    for task in generation:  # --n-train: pairs per trained direction, --n-test: test molecules per direction
+        task.run(arguments.budget, arguments.results_dir, n_train=arguments.n_train, n_test=arguments.n_test,
+                 methods=methods, seed=arguments.seed, data_dir=arguments.data_dir,
+                 backbone=arguments.backbone or os.environ.get(BACKBONE_ENV_VAR))
     print(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 

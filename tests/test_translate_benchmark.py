@@ -1,10 +1,14 @@
-"""The translation benchmark (``benchmarks/translate.py``): its LoRA baseline."""
+"""The translation benchmark (``benchmarks/translate.py``): its LoRA baseline and its runner task
+``python -m benchmarks run --task gen-translate``."""
+
+import json
 
 import pandas as pd
 import pytest
 import torch
 from torch.nn import functional
 
+from benchmarks import __main__ as cli
 from benchmarks.lora_translation import LoraTranslator
 from chemtag.generation import target_ids
 from chemtag.model import Batch
@@ -53,3 +57,26 @@ def test_lora_learns_its_training_pairs_and_stops_at_the_end_token():
     model = LoraTranslator(backbone="tiny-llama", max_epochs=100, batch_size=4, lr=3e-2, max_new_tokens=12)
     assert model.fit(X, Y).predict(X) == Y
     assert model.history_[-1]["train_loss"] < model.history_[0]["train_loss"]
+
+
+def test_the_runner_lists_gen_translate_and_refuses_methods_it_does_not_have(capsys):
+    assert cli.main(["list"]) == 0
+    assert "task gen-translate:" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="Unknown methods \\['chemtag'\\]; choose from tags, prompt-tuning"):
+        cli.main(["run", "--task", "gen-translate", "--methods", "chemtag,lora"])
+
+
+def test_the_runner_runs_gen_translate_and_writes_its_results(shared_data, tmp_path):
+    code = cli.main(["run", "--task", "gen-translate", "--budget", "quick", "--backbone", "tiny-llama",
+                     "--n-train", "4", "--n-test", "2", "--data-dir", str(shared_data), "--results-dir", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "gen-translate-quick-4x2.json").read_text())
+    assert [row["direction"] for row in results["table"]] == [
+        "SMILES -> SELFIES", "InChI -> SMILES", "SMILES -> Formula",
+        "InChI -> SELFIES", "SELFIES -> Formula", "SELFIES -> SMILES"]
+    for row in results["table"]:
+        assert {"tags", "prompt-tuning", "lora", "few-shot"} <= set(row)
+        assert all(0 <= row[m]["exact_match"] <= 1 and len(row[m]["examples"]) == 2 for m in ("lora", "tags"))
+    assert results["stage2"]["lora"]["rows"] == 3 * 4 and len(results["stage2"]["lora"]["train_loss"]) == 3
+    report = (tmp_path / "gen-translate-quick-4x2.md").read_text()
+    assert "| SELFIES -> SMILES | no (zero-shot) |" in report and "lora: exact / valid" in report
