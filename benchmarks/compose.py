@@ -24,6 +24,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from sklearn.base import clone
@@ -83,8 +84,15 @@ def main(argv: list[str] | None = None) -> dict:
     stage1 = model.with_domain("Drug", "SELFIES", args.library)
     initial = Tag.initialise("SELFIES", "domain", load_backbone(args.backbone), model.tags_["SMILES"].length)
     smiles_vectors = Tag("SELFIES", "domain", model.tags_["SMILES"].vectors.clone())
-    mse = {"mean predictor": float(np.mean((train_labels.mean() - labels) ** 2))}
+    predictions = {"mean predictor": np.full(len(labels), train_labels.mean())}
     seconds = {}
+
+    def record(name: str, predict: Callable[[], np.ndarray]) -> None:
+        started = time.perf_counter()
+        predictions[name] = predict()
+        seconds[name] = round(time.perf_counter() - started, 1)
+        print(f"{name}: {metrics(predictions[name], labels, train_labels.mean())} ({seconds[name]} s)", flush=True)
+
     with tempfile.TemporaryDirectory() as scratch:
         runs = {
             "<SMILES> + <QED> on SMILES (trained together)": (model, smiles),
@@ -96,33 +104,42 @@ def main(argv: list[str] | None = None) -> dict:
                 selfies),
         }
         for name, (estimator, texts) in runs.items():
-            started = time.perf_counter()
-            mse[name] = float(np.mean((estimator.predict(texts) - labels) ** 2))
-            seconds[name] = round(time.perf_counter() - started, 1)
-            print(f"{name}: MSE {mse[name]:.5f} ({seconds[name]} s)", flush=True)
+            record(name, lambda: estimator.predict(texts))
     if args.supervised:
         train_smiles = labelled_rows(args.corpus.resolve(), "QED", provenance["n_train"], provenance["skipped_entries"],
                                      provenance["max_length"], provenance["seed"])["Drug"]
-        name = "<SELFIES> (stage 1) + <QED> trained on SELFIES (supervised reference)"
-        started = time.perf_counter()
-        fitted = clone(stage1).fit([convert(text, "SMILES", "SELFIES") for text in train_smiles], train_labels)
-        mse[name] = float(np.mean((fitted.predict(selfies) - labels) ** 2))
-        seconds[name] = round(time.perf_counter() - started, 1)
-        print(f"{name}: MSE {mse[name]:.5f} ({seconds[name]} s)", flush=True)
-    results = {"test_molecules": len(labels), "stage2": provenance, "mse": mse, "seconds": seconds,
-               "selfies_tag": stage1.tags_["SELFIES"].provenance,
-               "test_molecules_seen_in_stage1": stage1_overlap(args.corpus.resolve(), stage1.tags_["SELFIES"], selfies)}
+        train_selfies = [convert(text, "SMILES", "SELFIES") for text in train_smiles]
+        record("<SELFIES> (stage 1) + <QED> trained on SELFIES (supervised reference)",
+               lambda: clone(stage1).fit(train_selfies, train_labels).predict(selfies))
+    results = {
+        "test_molecules": len(labels), "stage2": provenance, "seconds": seconds,
+        "metrics": {name: metrics(values, labels, train_labels.mean()) for name, values in predictions.items()},
+        "selfies_tag": stage1.tags_["SELFIES"].provenance,
+        "test_molecules_seen_in_stage1": stage1_overlap(args.corpus.resolve(), stage1.tags_["SELFIES"], selfies),
+        "labels": labels.tolist(), "predictions": {name: values.tolist() for name, values in predictions.items()},
+    }
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return results
 
 
+def metrics(predictions: np.ndarray, labels: np.ndarray, training_mean: float) -> dict[str, float]:
+    """Test MSE; Pearson r (NaN for a constant); and the MSE once the predictions are moved, without
+    labels, so that their mean over the test inputs is the training labels' mean (re-centred)."""
+    constant = np.ptp(predictions) == 0
+    recentred = predictions - predictions.mean() + training_mean
+    return {"mse": float(np.mean((predictions - labels) ** 2)),
+            "pearson": float("nan") if constant else float(np.corrcoef(predictions, labels)[0, 1]),
+            "recentred_mse": float(np.mean((recentred - labels) ** 2))}
+
+
 def table(results: dict) -> str:
-    """Markdown table: MSE and its ratio to the mean predictor's."""
-    mean = results["mse"]["mean predictor"]
-    lines = ["| tags and input | test MSE | × mean predictor |", "|---|---|---|"]
-    lines += [f"| {name} | {value:.5f} | {value / mean:.2f} |" for name, value in results["mse"].items()]
+    """Markdown table: MSE, its ratio to the mean predictor's, Pearson r and the re-centred MSE."""
+    mean = results["metrics"]["mean predictor"]["mse"]
+    lines = ["| tags and input | test MSE | × mean predictor | Pearson r | MSE re-centred |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {m['mse']:.5f} | {m['mse'] / mean:.2f} | {m['pearson']:.3f} | {m['recentred_mse']:.5f} |"
+              for name, m in results["metrics"].items()]
     return "\n".join(lines)
 
 

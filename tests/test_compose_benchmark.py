@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -32,8 +34,8 @@ def shipped_qed(tmp_path, monkeypatch, tiny_llama):
 
 def test_compose_reports_every_combination_against_the_mean_predictor(shipped_qed, tmp_path):
     results = compose.main(["--backbone", "tiny-llama", "--corpus", str(shipped_qed), "--out", str(tmp_path / "r.json")])
-    assert json.loads((tmp_path / "r.json").read_text()) == results
-    assert list(results["mse"]) == [
+    assert (tmp_path / "r.json").read_text() == json.dumps(results, indent=1)
+    assert list(results["metrics"]) == [
         "mean predictor",
         "<SMILES> + <QED> on SMILES (trained together)",
         "<SELFIES> (stage 1) + <QED> on SELFIES (zero-shot)",
@@ -41,7 +43,8 @@ def test_compose_reports_every_combination_against_the_mean_predictor(shipped_qe
         "<SMILES> vectors + <QED> on SELFIES",
     ]
     assert results["test_molecules"] == 8 and results["test_molecules_seen_in_stage1"] == 0
-    assert len(set(results["mse"].values())) == 5, "each combination predicts differently"
+    assert len({m["mse"] for m in results["metrics"].values()}) == 5, "each combination predicts differently"
+    assert len(results["predictions"]["mean predictor"]) == len(results["labels"]) == 8
 
 
 def test_stage1_overlap_counts_the_molecules_the_domain_tag_trained_on(shipped_qed):
@@ -55,5 +58,14 @@ def test_the_supervised_reference_trains_on_selfies(shipped_qed, monkeypatch):
     fit = compose.QEDRegressor.fit
     monkeypatch.setattr(compose.QEDRegressor, "fit", lambda self, X, y: seen.append(list(X)) or fit(self, X, y))
     results = compose.main(["--backbone", "tiny-llama", "--corpus", str(shipped_qed), "--supervised"])
-    assert "<SELFIES> (stage 1) + <QED> trained on SELFIES (supervised reference)" in results["mse"]
+    assert "<SELFIES> (stage 1) + <QED> trained on SELFIES (supervised reference)" in results["metrics"]
     assert len(seen) == 1 and len(seen[0]) == 16 and all(text.startswith("[") for text in seen[0])
+
+
+def test_metrics_recentre_predictions_on_the_training_mean_without_labels():
+    labels = np.array([0.2, 0.4, 0.6])
+    shifted = labels + 1.0  # perfectly correlated, off by a constant
+    found = compose.metrics(shifted, labels, training_mean=0.4)
+    assert found["mse"] == pytest.approx(1.0) and found["pearson"] == pytest.approx(1.0)
+    assert found["recentred_mse"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(compose.metrics(np.full(3, 0.4), labels, 0.4)["pearson"])

@@ -114,7 +114,7 @@ def test_a_fresh_install_finds_the_shipped_tags_for_the_default_backbone():
 
     backbone = load_backbone()
     library = pretrained.shipped_library(backbone)
-    assert library is not None and {"SMILES", "Protein"} <= set(library.tags)
+    assert library is not None and {"SMILES", "Protein", "SELFIES"} <= set(library.tags)
     for tag in library.tags.values():
         assert tag.vectors.shape == (10, backbone.hidden_size) and tag.provenance["stage"] == 1
         losses = tag.provenance["held_out_loss_nats_per_token"]

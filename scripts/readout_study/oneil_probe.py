@@ -1,0 +1,88 @@
+"""Why chemtag is worse than the mean predictor on O'Neil (400 training / 200 test triples, fold 0, seed 0).
+
+Computes the untrained <DC> readouts of the benchmark rows (both drug orders) once, then fits the
+head's linear probe on them with every penalty and reports, per penalty: the 5-fold interleaved CV
+loss the head uses to choose, a CV grouped by unordered drug pair, and the test loss (standardised
+units; the mean predictor is about 1). Readouts are cached in /tmp/exp/oneil/readouts.npz.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import GroupKFold, KFold
+
+from benchmarks.runner import load_data
+from benchmarks.tasks import TASKS, Rows
+from chemtag import DrugComboRegressor
+from chemtag.heads import LinearHead
+from chemtag.templates import Template
+from chemtag.training import predict
+
+torch.set_num_threads(2)
+data = load_data(TASKS["dc-oneil"], Rows(400, 200), fold=0, seed=0)
+swap = lambda frame: frame.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})[list(frame.columns)]
+cache = Path("/tmp/exp/oneil/readouts.npz")
+if not cache.exists():
+    est = DrugComboRegressor()
+    est.fields_ = {"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}
+    est.template_ = est.template
+    backbone, template = est._backbone(), Template.parse(est.template)
+    model = est._new_model(backbone, template, None)
+    model.head = torch.nn.Identity()
+    readouts = {}
+    for name, frame in (("train", data.X_train), ("train_swapped", swap(data.X_train)), ("test", data.X_test),
+                        ("test_swapped", swap(data.X_test))):
+        prompts = est._encoder(template, model).encode({c: [str(v) for v in frame[c]] for c in est.fields_})
+        readouts[name] = predict(model, prompts, 16, bf16=False).numpy()
+        print(name, readouts[name].shape, flush=True)
+    np.savez(cache, **readouts)
+R = dict(np.load(cache))
+y_mean, y_std = data.y_train.mean(), data.y_train.std()
+y = torch.tensor((data.y_train - y_mean) / y_std, dtype=torch.float32)
+y_test = (data.y_test - y_mean) / y_std
+pairs = ["|".join(sorted(p)) for p in zip(data.X_train.Drug1, data.X_train.Drug2)]
+triples = pd.Series([p + "|" + c for p, c in zip(pairs, data.X_train.Cell_Line_ID)])
+print(f"train: {len(set(pairs))} unordered pairs over 400 rows, {triples.duplicated().sum()} repeated triples; "
+      f"test mean-predictor loss {np.mean(y_test ** 2):.3f}; |y| > 3 sd: train {(abs(y.numpy()) > 3).sum()}, "
+      f"test {(abs(y_test) > 3).sum()}")
+mse = lambda o, t: torch.nn.functional.mse_loss(o.squeeze(-1), t)
+
+
+def fitted(features_rows, penalty):
+    head = LinearHead(R["train"].shape[1], 1)
+    head.initialise(torch.tensor(R["train"][features_rows]), y[features_rows], mse)  # statistics + default search
+    head._reset_linear()
+    head._fit_linear(head.features(torch.tensor(R["train"][features_rows])), y[features_rows], mse, penalty)
+    return head
+
+
+def loss(head, name, rows, targets):
+    with torch.no_grad():
+        return float(np.mean((head(torch.tensor(R[name][rows])).squeeze(-1).numpy() - targets) ** 2))
+
+
+def cv(splitter, groups=None):
+    out = {}
+    for penalty in PENALTIES:
+        total = 0.0
+        for fit_rows, held in splitter.split(R["train"], groups=groups):
+            total += loss(fitted(fit_rows, penalty), "train", held, y.numpy()[held]) * len(held)
+        out[penalty] = total / len(y)
+    return out
+
+
+PENALTIES = [1e4, 1e3, 1e2, 10.0, 1.0, 1e-1, 1e-2, 1e-3]
+interleaved = cv(type("Interleaved", (), {"split": lambda self, X, groups=None: [
+    (np.flatnonzero(np.arange(len(X)) % 5 != k), np.flatnonzero(np.arange(len(X)) % 5 == k)) for k in range(5)]})())
+grouped = cv(GroupKFold(5), groups=pairs)
+print("| penalty | interleaved CV | CV by pair | train | test (as given) | test (both orders averaged) |")
+print("|---|---|---|---|---|---|")
+for penalty in PENALTIES:
+    head = fitted(np.arange(len(y)), penalty)
+    with torch.no_grad():
+        both = (head(torch.tensor(R["test"])) + head(torch.tensor(R["test_swapped"]))).squeeze(-1).numpy() / 2
+    print(f"| {penalty:g} | {interleaved[penalty]:.3f} | {grouped[penalty]:.3f} | "
+          f"{loss(head, 'train', np.arange(len(y)), y.numpy()):.3f} | "
+          f"{loss(head, 'test', np.arange(len(y_test)), y_test):.3f} | {np.mean((both - y_test) ** 2):.3f} |")
