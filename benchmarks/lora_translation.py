@@ -22,7 +22,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from chemtag import MoleculeTranslator
 from chemtag.backbones import DEFAULT_BACKBONE, load_backbone
-from chemtag.generation import append_targets, decode, generate_after, target_loss, target_token_losses, untagged_prompts
+from chemtag.generation import (append_targets, decode, generate_after, target_loss, target_token_losses,
+                                untagged_prompts)
 from chemtag.model import Batch
 from chemtag.templates import EncodedPrompts
 from chemtag.training import TrainingConfig, length_bucketed_batches, warm_up

@@ -23,7 +23,8 @@ QUICK = dict(backbone="tiny-llama", max_epochs=1, batch_size=2)
 
 def test_the_lora_prompt_writes_the_languages_as_words_then_the_target_and_the_end_token(tiny_llama):
     joined = LoraTranslator(**QUICK).prompts(X, Y)
-    assert tiny_llama.tokenizer.decode(joined.input_ids[0]) == "Input: SMILES CCO Output: SELFIES [C][C][O]<|endoftext|>"
+    written = tiny_llama.tokenizer.decode(joined.input_ids[0])
+    assert written == "Input: SMILES CCO Output: SELFIES [C][C][O]<|endoftext|>"
     assert (joined.tag_slots[0] == -1).all()
 
 
