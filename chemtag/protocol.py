@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from chemtag.backbones import Backbone
 from chemtag.model import Batch, TaggedModel, autocast
+from chemtag.parallel import average_gradients
 from chemtag.domains import get_domain
 from chemtag.representations import convert
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, TagLibrary, file_sha256
@@ -147,8 +148,7 @@ def pretrain_domain_tag(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if accelerator:
-            parameter = model.tag_vectors[name]
-            parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
+            average_gradients([model.tag_vectors[name]], accelerator)
             loss = accelerator.reduce(loss.detach(), reduction="mean")
         optimizer.step()
         history.append({"step": step, "train_loss": loss.item()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from chemtag.checkpoint import Checkpoint, TrainingState, fit_fingerprint
 from chemtag.model import Batch, TaggedModel, autocast
+from chemtag.parallel import ONE_PROCESS, Processes, average_gradients, shard, summed
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES, PrefixCache, PrefixCacheTooLarge
 from chemtag.templates import EncodedPrompts
 
@@ -78,14 +80,26 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 
 def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: LossFunction,
-          config: TrainingConfig, history: list[dict] | None = None) -> list[dict]:
+          config: TrainingConfig, history: list[dict] | None = None,
+          processes: Processes = ONE_PROCESS) -> list[dict]:
     """Train the model's trainable tags and head in place; return the history (one dict per epoch).
 
     ``targets`` ``(n, ...)`` are aligned with ``prompts``. Interrupting with Ctrl-C keeps the best
     weights so far. Passing an earlier ``history`` continues its epoch count (warm start). With
     ``config.checkpoint_dir`` a killed fit can be resumed by calling ``train`` again with the same
     arguments.
+
+    With several ``processes`` (e.g. an ``accelerate.Accelerator`` under ``accelerate launch``) every
+    process calls ``train`` with the same arguments: each trains on its :func:`~chemtag.parallel.shard`
+    of every epoch's batches, gradients are averaged before each step, and the probe's readouts, the
+    losses and so the history are combined over the processes, so that all of them hold the same
+    weights and stop at the same epoch. Only the main process reports progress; checkpoints are refused.
     """
+    if processes.num_processes > 1 and config.checkpoint_dir is not None:
+        raise ValueError("checkpoint_dir is not supported in a fit over several processes; "
+                         "leave it unset or fit in one process.")
+    if not processes.is_main_process:
+        config = dataclasses.replace(config, verbose=0)
     history = list(history or [])
     first_epoch = history[-1]["epoch"] + 1 if history else 1
     last_epoch = first_epoch + config.max_epochs - 1
@@ -124,7 +138,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     lengths = prompts.lengths
 
     if config.initialise_head and not history and hasattr(model.head, "initialise"):
-        record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config)
+        record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
+                                  processes)
         history.append(record)
         if record["best"]:
             best_loss, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
@@ -137,21 +152,25 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                 batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
                 model.train()
                 total, seen = 0.0, 0
-                progress = tqdm(batches, desc=f"epoch {epoch}", disable=config.verbose <= 0, leave=config.verbose > 1)
+                progress = tqdm(shard(batches, processes), desc=f"epoch {epoch}", disable=config.verbose <= 0,
+                                leave=config.verbose > 1)
                 for batch_rows in progress:
                     rows = train_rows[batch_rows]
                     with autocast(model, config.bf16):
                         loss = loss_fn(model(batcher(rows)), targets[rows])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    average_gradients(parameters, processes)
                     warm_up(optimizer, config.lr, config.warmup_steps)
                     optimizer.step()
                     total += loss.item() * len(rows)
                     seen += len(rows)
                     progress.set_postfix(loss=f"{total / seen:.4f}")
+                total, seen = summed(torch.tensor([total, seen], dtype=torch.float64), processes).tolist()
                 record = {"epoch": epoch, "train_loss": total / seen}
                 if len(valid_rows):
-                    outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16)
+                    outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16,
+                                       processes=processes)
                     record["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
                 monitored = record.get("valid_loss", record["train_loss"])
                 record["best"] = monitored < best_loss
@@ -213,12 +232,12 @@ def probe_epoch(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Te
 
 def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
-                     config: TrainingConfig) -> dict:
+                     config: TrainingConfig, processes: Processes) -> dict:
     """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's
-    record, the best so far where validation rows score it."""
+    record, the best so far where validation rows score it. All ``processes`` fit to the same readouts."""
     started = time.perf_counter()
     readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
-                        config.bf16, readouts_only=True)
+                        config.bf16, readouts_only=True, processes=processes)
     record = probe_epoch(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn)
     # Only held-out rows can rank the probe against trained epochs: its own training loss is a fit's optimum.
     record.update(best=bool(len(valid_rows)), seconds=time.perf_counter() - started)
@@ -292,17 +311,25 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
 
 @torch.no_grad()
 def _outputs(model: TaggedModel, batcher: Batcher, rows: np.ndarray, lengths: np.ndarray, batch_size: int,
-             bf16: bool, verbose: int = 0, readouts_only: bool = False) -> torch.Tensor:
+             bf16: bool, verbose: int = 0, readouts_only: bool = False,
+             processes: Processes = ONE_PROCESS) -> torch.Tensor:
     """Head outputs ``(len(rows), k)`` (or the head's inputs ``(len(rows), d)`` with ``readouts_only``)
-    float32 on the CPU for prompts ``rows``, in that order."""
+    float32 on the CPU for prompts ``rows``, in that order.
+
+    Rows run in batches of similar length. With several ``processes`` and at least one batch for each,
+    each process computes every N-th batch and the results are summed over the processes (the others'
+    rows are zeros), so every process returns the same outputs: those one process computes alone."""
     compute = model.readout_states if readouts_only else model
     model.eval()
     order = np.argsort(lengths[rows], kind="stable")
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    sharded = len(batches) >= processes.num_processes > 1
+    mine = batches[processes.process_index::processes.num_processes] if sharded else batches
     outputs = []
-    for start in tqdm(range(0, len(order), batch_size), desc="predict", disable=verbose <= 0, leave=False):
+    for positions in tqdm(mine, desc="predict", disable=verbose <= 0, leave=False):
         with autocast(model, bf16):
-            outputs.append(compute(batcher(rows[order[start:start + batch_size]])).float().cpu())
+            outputs.append(compute(batcher(rows[positions])).float().cpu())
     result = torch.cat(outputs)
-    unsorted = torch.empty_like(result)
-    unsorted[torch.as_tensor(order)] = result
-    return unsorted
+    unsorted = torch.zeros((len(rows), *result.shape[1:]), dtype=result.dtype)
+    unsorted[torch.as_tensor(np.concatenate(mine))] = result
+    return summed(unsorted, processes) if sharded else unsorted
