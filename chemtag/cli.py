@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 TASKS = {
     "qed": ("QEDRegressor", "column Drug (SMILES)"),
@@ -100,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     function.add_argument("--max-epochs", type=int, default=20)
     function.add_argument("--lr", type=float, default=None)
     function.add_argument("--seed", type=int, default=0)
-    function.add_argument("--device", default="cpu")
+    function.add_argument("--domain-tags", default=None,
+                          help="tag library folder to take the domain tag from (default: the shipped tags)")
+    function.add_argument("--device", default="cpu", help="e.g. cpu or cuda (with --distributed: cpu or not)")
+    function.add_argument("--distributed", action="store_true",
+                          help="data-parallel over the processes of `accelerate launch` (gradients averaged)")
 
     demo = commands.add_parser("demo", help="fit a QED regressor on bundled SMILES with the default backbone")
     demo.add_argument("--n-train", type=int, default=None, help="training SMILES (default: run_demo's)")
@@ -145,13 +153,18 @@ def _predict(args) -> None:
     print(f"wrote {len(table)} predictions to {args.output} ({int(table['prediction'].isna().sum())} NaN)")
 
 
-def _pretrain(args) -> None:
+def _accelerator(args: argparse.Namespace) -> "Accelerator | None":
+    """The ``Accelerator`` of a ``--distributed`` run (on the CPU for ``--device cpu``), or None."""
     from accelerate import Accelerator
 
+    return Accelerator(cpu=args.device == "cpu") if args.distributed else None
+
+
+def _pretrain(args) -> None:
     from chemtag.backbones import load_backbone
     from chemtag.protocol import pretrain_into_library
 
-    accelerator = Accelerator(cpu=args.device == "cpu") if args.distributed else None
+    accelerator = _accelerator(args)
     device = accelerator.device if accelerator else args.device
     measured = pretrain_into_library(
         load_backbone(args.backbone, device=device), args.corpus, args.domain, args.output, limit=args.limit,
@@ -168,13 +181,22 @@ def _pretrain(args) -> None:
 
 
 def _pretrain_function(args) -> None:
+    from chemtag.parallel import ONE_PROCESS
     from chemtag.stage2 import pretrain_function_estimator
 
-    params = {"backbone": args.backbone, "max_epochs": args.max_epochs, "lr": args.lr, "device": args.device}
+    accelerator = _accelerator(args)
+    device = str(accelerator.device) if accelerator else args.device
+    params = {"backbone": args.backbone, "max_epochs": args.max_epochs, "lr": args.lr, "device": device,
+              "domain_tags": args.domain_tags}
     measured = pretrain_function_estimator(
         args.corpus, args.task, args.output, n_train=args.n_train, n_test=args.n_test, skip=args.skip,
-        max_length=args.max_length, seed=args.seed, **{k: v for k, v in params.items() if v is not None},
+        max_length=args.max_length, seed=args.seed, processes=ONE_PROCESS if accelerator is None else accelerator,
+        **{k: v for k, v in params.items() if v is not None},
     )
+    if accelerator is not None:
+        accelerator.end_training()  # leave the process group cleanly before exit
+    if not measured:  # a non-main process of a distributed run
+        return
     print(f"{measured['estimator']} written to {args.output}/estimators/; held-out MSE {measured['test_mse']:.4g} "
           f"(mean predictor {measured['mean_predictor_test_mse']:.4g})")
 

@@ -21,6 +21,7 @@ from chemtag.descriptors import protein_descriptor, qed
 from chemtag.domains import get_domain
 from chemtag.estimators import ProteinDescriptorRegressor, QEDRegressor
 from chemtag.estimators._base import TagLLMEstimator
+from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.protocol import read_corpus
 from chemtag.tags import file_sha256
 
@@ -63,16 +64,24 @@ def labelled_rows(corpus: str | Path, task: str, n_rows: int, skip: int = 0, max
 
 def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: str | Path, *, n_train: int,
                                 n_test: int = 200, skip: int = 0, max_length: int | None = None, seed: int = 0,
-                                **params) -> dict:
+                                processes: Processes = ONE_PROCESS, **params) -> dict:
     """Stage 2 end to end: label ``n_train + n_test`` held-apart corpus entries, fit the task's preset
     (``params`` are its parameters), measure the test MSE against the training mean's, and save the
     estimator into ``library_folder/estimators/<class name>/`` with that provenance in ``stage2.json``.
-    Returns the provenance."""
+    Returns the provenance.
+
+    Under ``accelerate launch`` pass the ``Accelerator`` as ``processes``: every process labels the same
+    rows and the fit runs data-parallel over them (see :func:`chemtag.training.train`); only the main
+    process measures and writes, and the others return an empty dict."""
     started = time.perf_counter()
     function_task = FUNCTION_TASKS[task]
     table = labelled_rows(corpus, task, n_train + n_test, skip, max_length, seed)
     train, test = table.iloc[:n_train], table.iloc[n_train:]
-    model = function_task.estimator(random_state=seed, **params).fit(train[[function_task.column]], train["Y"])
+    model = function_task.estimator(random_state=seed, **params)
+    model._fit(train[[function_task.column]], train["Y"], processes)
+    if not processes.is_main_process:
+        processes.wait_for_everyone()
+        return {}
     predictions = model.predict(test[[function_task.column]])
     best = min((r for r in model.history_ if "valid_loss" in r), key=lambda r: r["valid_loss"], default=None)
     provenance = {
@@ -82,8 +91,9 @@ def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: s
         "test_mse": float(np.mean((predictions - test["Y"]) ** 2)),
         "mean_predictor_test_mse": float(np.mean((train["Y"].mean() - test["Y"]) ** 2)),
         "best_epoch": best["epoch"] if best else None, "epochs_run": model.history_[-1]["epoch"],
-        "seconds": round(time.perf_counter() - started, 1),
+        "processes": processes.num_processes, "seconds": round(time.perf_counter() - started, 1),
     }
     folder = model.save(Path(library_folder) / "estimators" / type(model).__name__)
     (folder / "stage2.json").write_text(json.dumps(provenance, indent=1))
+    processes.wait_for_everyone()
     return provenance

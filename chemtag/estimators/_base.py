@@ -22,6 +22,7 @@ from chemtag.estimators._inputs import (
 from chemtag.feature_tags import FeatureTag
 from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
+from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
@@ -172,6 +173,10 @@ class TagLLMEstimator(BaseEstimator):
     # ----------------------------------------------------------------- fit / predict
     def fit(self, X, y):
         """Train the function tag (and head) on ``X`` (rows of inputs) and targets ``y``; returns self."""
+        return self._fit(X, y, ONE_PROCESS)
+
+    def _fit(self, X, y, processes: Processes):
+        """:meth:`fit`, run data-parallel by every one of ``processes`` alike (see :func:`~chemtag.training.train`)."""
         self._check_params()
         warm = self.warm_start and hasattr(self, "tags_")
         features = None if warm else self._feature_table()
@@ -190,7 +195,7 @@ class TagLLMEstimator(BaseEstimator):
         keep = np.flatnonzero(~invalid)
         targets = self._encode_targets(y, len(frame), keep)
         if invalid.any():
-            warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=2)
+            warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=3)
             values = {field: [v[i] for i in keep] for field, v in values.items()}
         values, targets = self._augment(values, targets)
         if not warm:
@@ -204,7 +209,7 @@ class TagLLMEstimator(BaseEstimator):
         self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
         config = self._training_config(len(targets))
         self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
-                              history=self.history_ if warm else None)
+                              history=self.history_ if warm else None, processes=processes)
         self._store_fitted(model, backbone)
         return self
 
@@ -258,7 +263,7 @@ class TagLLMEstimator(BaseEstimator):
         if self.validation_fraction and not 1 <= round(n_rows * self.validation_fraction) < n_rows:
             warnings.warn(
                 f"validation_fraction={self.validation_fraction} holds out no usable validation set from {n_rows} "
-                f"rows; training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=4,
+                f"rows; training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=5,
             )
             return 0.0
         return self.validation_fraction

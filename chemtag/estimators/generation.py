@@ -17,6 +17,7 @@ from chemtag.estimators._base import TagLLMEstimator
 from chemtag.estimators._inputs import as_frame, read_fields
 from chemtag.estimators.presets import _preset
 from chemtag.generation import TaggedGenerator, append_targets, decode, target_loss
+from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.representations import LANGUAGES, MOLECULE_LANGUAGES
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template
@@ -72,6 +73,9 @@ class TagLLMGenerator(TagLLMEstimator):
     # ----------------------------------------------------------------- fit / predict / score
     def fit(self, X, y):
         """Train the function tag to write ``y[i]`` after the prompt of row ``i``; returns self."""
+        return self._fit(X, y, ONE_PROCESS)
+
+    def _fit(self, X, y, processes: Processes):
         self._check_params()
         warm = self.warm_start and hasattr(self, "tags_")
         rows = self._read_rows(X, fitting=True)
@@ -79,7 +83,7 @@ class TagLLMGenerator(TagLLMEstimator):
         keep = np.flatnonzero(~rows.invalid)
         if rows.invalid.any():
             warnings.warn(f"Dropping {rows.invalid.sum()} of {len(texts)} rows with invalid input before fitting.",
-                          stacklevel=2)
+                          stacklevel=3)
         rows, texts = rows.subset(keep), [texts[i] for i in keep]
         backbone = self._backbone()
         model = self._model_from_fitted(backbone) if warm else self._new_generator(backbone, rows)
@@ -87,7 +91,7 @@ class TagLLMGenerator(TagLLMEstimator):
         self._check_lengths(prompts.lengths, backbone, keep)
         config = self._training_config(len(prompts))
         self.history_ = train(model, prompts, torch.zeros(len(prompts)), target_loss, config,
-                              history=self.history_ if warm else None)
+                              history=self.history_ if warm else None, processes=processes)
         self._store_fitted(model, backbone)
         return self
 

@@ -62,7 +62,7 @@ def domain_tags(backbone: Backbone, names: list[str], source: str | Path | None,
             reason = "none is shipped" if tag is None else f"the shipped one has length {tag.length}, not {tag_length}"
             warnings.warn(
                 f"No pretrained <{name}> tag for backbone {backbone.name!r} ({reason}); starting from the "
-                f"mean-embedding initialisation. Train one with `chemtag pretrain` for better results.", stacklevel=4,
+                f"mean-embedding initialisation. Train one with `chemtag pretrain` for better results.", stacklevel=5,
             )
         tags.append(Tag.initialise(name, "domain", backbone, tag_length))
     return tags
