@@ -1,9 +1,12 @@
 """Why chemtag is worse than the mean predictor on O'Neil (400 training / 200 test triples, fold 0, seed 0).
 
 Computes the untrained <DC> readouts of the benchmark rows (both drug orders) once, then fits the
-head's linear probe on them with every penalty and reports, per penalty: the 5-fold interleaved CV
-loss the head uses to choose, a CV grouped by unordered drug pair, and the test loss (standardised
-units; the mean predictor is about 1). Readouts are cached in /tmp/exp/oneil/readouts.npz.
+head's linear probe on them (squared error, as chemtag does, and Huber) with every penalty and reports,
+per penalty: the 5-fold interleaved CV the head uses to choose, a CV grouped by unordered drug pair, the
+training and the test loss, all in squared error of targets standardised by the training rows.
+Readouts are cached in /tmp/exp/oneil/readouts.npz.
+
+    PYTHONPATH=. .venv/bin/python scripts/readout_study/oneil_probe.py
 """
 import sys
 from pathlib import Path
@@ -50,39 +53,48 @@ print(f"train: {len(set(pairs))} unordered pairs over 400 rows, {triples.duplica
 mse = lambda o, t: torch.nn.functional.mse_loss(o.squeeze(-1), t)
 
 
-def fitted(features_rows, penalty):
+def fitted(features_rows, penalty, fit_loss):
     head = LinearHead(R["train"].shape[1], 1)
-    head.initialise(torch.tensor(R["train"][features_rows]), y[features_rows], mse)  # statistics + default search
-    head._reset_linear()
-    head._fit_linear(head.features(torch.tensor(R["train"][features_rows])), y[features_rows], mse, penalty)
+    readouts = torch.tensor(R["train"][features_rows])
+    with torch.no_grad():  # the standardisation statistics, as LinearHead.initialise takes them
+        normalised = head.norm(readouts)
+        variance = normalised.var(dim=0, unbiased=False)
+        head.feature_mean.copy_(normalised.mean(dim=0))
+        head.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
+    head._fit_linear(head.features(readouts), y[features_rows], fit_loss, penalty)
     return head
 
 
-def loss(head, name, rows, targets):
+def squared_error(head, name, rows, targets):
     with torch.no_grad():
         return float(np.mean((head(torch.tensor(R[name][rows])).squeeze(-1).numpy() - targets) ** 2))
 
 
-def cv(splitter, groups=None):
+def cv(folds, fit_loss):
+    """Held-out squared error per penalty over ``folds`` (pairs of row arrays)."""
     out = {}
     for penalty in PENALTIES:
-        total = 0.0
-        for fit_rows, held in splitter.split(R["train"], groups=groups):
-            total += loss(fitted(fit_rows, penalty), "train", held, y.numpy()[held]) * len(held)
+        total = sum(squared_error(fitted(fit_rows, penalty, fit_loss), "train", held, y.numpy()[held]) * len(held)
+                    for fit_rows, held in folds)
         out[penalty] = total / len(y)
     return out
 
 
 PENALTIES = [1e4, 1e3, 1e2, 10.0, 1.0, 1e-1, 1e-2, 1e-3]
-interleaved = cv(type("Interleaved", (), {"split": lambda self, X, groups=None: [
-    (np.flatnonzero(np.arange(len(X)) % 5 != k), np.flatnonzero(np.arange(len(X)) % 5 == k)) for k in range(5)]})())
-grouped = cv(GroupKFold(5), groups=pairs)
-print("| penalty | interleaved CV | CV by pair | train | test (as given) | test (both orders averaged) |")
-print("|---|---|---|---|---|---|")
-for penalty in PENALTIES:
-    head = fitted(np.arange(len(y)), penalty)
-    with torch.no_grad():
-        both = (head(torch.tensor(R["test"])) + head(torch.tensor(R["test_swapped"]))).squeeze(-1).numpy() / 2
-    print(f"| {penalty:g} | {interleaved[penalty]:.3f} | {grouped[penalty]:.3f} | "
-          f"{loss(head, 'train', np.arange(len(y)), y.numpy()):.3f} | "
-          f"{loss(head, 'test', np.arange(len(y_test)), y_test):.3f} | {np.mean((both - y_test) ** 2):.3f} |")
+rows = np.arange(len(y))
+INTERLEAVED = [(np.flatnonzero(rows % 5 != k), np.flatnonzero(rows % 5 == k)) for k in range(5)]
+BY_PAIR = list(GroupKFold(5).split(R["train"], groups=pairs))
+LOSSES = {"squared error (chemtag's)": mse,
+          "Huber, delta 1 sd": lambda o, t: torch.nn.functional.huber_loss(o.squeeze(-1), t, delta=1.0)}
+for loss_name, fit_loss in LOSSES.items():
+    interleaved, grouped = cv(INTERLEAVED, fit_loss), cv(BY_PAIR, fit_loss)
+    print(f"\nprobe fitted with {loss_name}; every column in squared error")
+    print("| penalty | interleaved CV | CV by pair | train | test (as given) | test (both orders averaged) |")
+    print("|---|---|---|---|---|---|")
+    for penalty in PENALTIES:
+        head = fitted(rows, penalty, fit_loss)
+        with torch.no_grad():
+            both = (head(torch.tensor(R["test"])) + head(torch.tensor(R["test_swapped"]))).squeeze(-1).numpy() / 2
+        print(f"| {penalty:g} | {interleaved[penalty]:.3f} | {grouped[penalty]:.3f} | "
+              f"{squared_error(head, 'train', rows, y.numpy()):.3f} | "
+              f"{squared_error(head, 'test', np.arange(len(y_test)), y_test):.3f} | {np.mean((both - y_test) ** 2):.3f} |")
