@@ -110,9 +110,10 @@ def _chemprop(context: Context) -> Regressor:
 
 
 def _chemtag(**params) -> Callable[[Context], Regressor]:
+    """The task's preset; proteins are read with the extended IUPAC letters (a Davis kinase has an ``X``)."""
     return lambda context: context.task.estimator(
         backbone=context.backbone, max_epochs=context.budget.tag_epochs, batch_size=context.budget.batch_size,
-        random_state=context.seed, verbose=0, **params)
+        random_state=context.seed, protein_alphabet="extended", verbose=0, **params)
 
 
 def _chemtag_with_expression(context: Context) -> Regressor:

@@ -18,7 +18,7 @@ from benchmarks import __main__ as cli
 from benchmarks import chemprop_baseline
 from benchmarks.chemprop_baseline import ChempropError, ChempropRegressor, ensure_environment, train_command
 from benchmarks.features import ExpertFeatures, protein_composition
-from benchmarks.methods import METHODS, Method
+from benchmarks.methods import METHODS, Context, Method
 from benchmarks.metrics import concordance_index, pearson
 from benchmarks.neural import DeepSynergyRegressor
 from benchmarks.peft_baselines import PeftRegressor, plain_prompts
@@ -326,6 +326,16 @@ def test_runner_gives_synergy_methods_no_test_drug_pair(shared_data, tmp_path):
         results_dir=tmp_path, img_dir=tmp_path, log=lambda *_: None)
     fitted, predicted = (set(unordered_pairs(Spy.seen[k]["Drug1"], Spy.seen[k]["Drug2"])) for k in ("fit", "predict"))
     assert fitted and predicted and not fitted & predicted
+
+
+def test_chemtag_reads_the_davis_kinase_with_an_unknown_residue(shared_data):
+    davis = TASKS["ba-davis"].read(shared_data)
+    with_x = davis[davis["Target"].str.contains("X")].head(3)
+    assert len(with_x), "Davis holds a kinase sequence with an X"
+    context = Context(TASKS["ba-davis"], TINY_BUDGET, Rows(), 0, "tiny-llama", shared_data)
+    estimator = METHODS["chemtag"].build(context)
+    assert estimator.protein_alphabet == "extended"
+    estimator.set_params(max_epochs=1, validation_fraction=0).fit(with_x[["Target", "Drug"]], with_x["Y"])
 
 
 def test_load_data_crops_proteins_and_labels_what_is_kept(shared_data):
