@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 from sklearn.base import clone
 
 from chemtag import QEDRegressor, pretrained
@@ -39,8 +40,8 @@ from chemtag.tags import Tag, TagLibrary
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "smiles_moses_100k.txt.gz"
 
 
-def stage2_split(backbone_name: str, corpus: Path) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
-    """The shipped QED estimator's provenance, test SMILES, test labels and training labels."""
+def stage2_split(backbone_name: str, corpus: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """The shipped QED estimator's provenance and its training and test rows (columns ``Drug``, ``Y``)."""
     folder = pretrained.shipped_estimator_folder(load_backbone(backbone_name), "QEDRegressor")
     if folder is None:
         raise SystemExit(f"No pretrained QEDRegressor is shipped for {backbone_name!r}.")
@@ -48,7 +49,7 @@ def stage2_split(backbone_name: str, corpus: Path) -> tuple[dict, list[str], np.
     n_train = provenance["n_train"]
     rows = labelled_rows(corpus, "QED", n_train + provenance["n_test"], provenance["skipped_entries"],
                          provenance["max_length"], provenance["seed"])
-    return provenance, rows["Drug"].tolist()[n_train:], rows["Y"].to_numpy()[n_train:], rows["Y"].to_numpy()[:n_train]
+    return provenance, rows.iloc[:n_train], rows.iloc[n_train:]
 
 
 def stage1_overlap(corpus: Path, tag: Tag, molecules: list[str]) -> int:
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args(argv)
 
-    provenance, smiles, labels, train_labels = stage2_split(args.backbone, args.corpus.resolve())
+    provenance, train, test = stage2_split(args.backbone, args.corpus.resolve())
+    smiles, labels, train_labels = test["Drug"].tolist(), test["Y"].to_numpy(), train["Y"].to_numpy()
     selfies = [convert(text, "SMILES", "SELFIES") for text in smiles]
     model = QEDRegressor.pretrained(args.backbone, verbose=0)
     stage1 = model.with_domain("Drug", "SELFIES", args.library)
@@ -106,9 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, (estimator, texts) in runs.items():
             record(name, lambda: estimator.predict(texts))
     if args.supervised:
-        train_smiles = labelled_rows(args.corpus.resolve(), "QED", provenance["n_train"], provenance["skipped_entries"],
-                                     provenance["max_length"], provenance["seed"])["Drug"]
-        train_selfies = [convert(text, "SMILES", "SELFIES") for text in train_smiles]
+        train_selfies = [convert(text, "SMILES", "SELFIES") for text in train["Drug"]]
         record("<SELFIES> (stage 1) + <QED> trained on SELFIES (supervised reference)",
                lambda: clone(stage1).fit(train_selfies, train_labels).predict(selfies))
     results = {

@@ -62,7 +62,8 @@ BUDGETS: dict[str, list[str]] = {
     "quick": [],
     # 4 x 200 stage-1 steps of 8 texts (2,000 molecules, ~23 min), 150 pairs per trained direction x 3 epochs
     # = 169 steps per method (~16 min for three methods), 50 test molecules per direction (~9 min of
-    # decoding, few-shot's long prompts included): about 50 minutes.
+    # decoding, few-shot's long prompts included): about 50 minutes estimated; 76 minutes (4,567 s) measured
+    # beside other benchmark jobs.
     "full": ["--stage1-texts", "2000", "--stage1-steps", "200", "--pairs", "150", "--epochs", "3", "--test", "50",
              "--batch-size", "8", "--bf16"],
 }

@@ -168,8 +168,8 @@ def _pretrain(args) -> None:
     device = accelerator.device if accelerator else args.device
     measured = pretrain_into_library(
         load_backbone(args.backbone, device=device), args.corpus, args.domain, args.output, limit=args.limit,
-        accelerator=accelerator,
-        validation=args.validation, spaced=args.spaced, corpus_language=args.corpus_language, tag_length=args.tag_length, steps=args.steps,
+        accelerator=accelerator, validation=args.validation, spaced=args.spaced,
+        corpus_language=args.corpus_language, tag_length=args.tag_length, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, max_tokens=args.max_tokens, bf16=args.bf16, random_state=args.seed,
     )
     if accelerator is not None:
