@@ -118,6 +118,9 @@ def main() -> None:
     if args.proteins:
         proteins = pd.Series(frame["Target"].unique()).sample(n=args.proteins, random_state=0)
         frame = frame[frame["Target"].isin(proteins)]
+    if args.pairs > len(frame):
+        parser.error(f"--pairs {args.pairs}: the {args.proteins or 'all'} proteins drawn have only {len(frame)} "
+                     "training pairs; ask for fewer pairs or more proteins.")
     frame = frame.sample(n=args.pairs, random_state=0)
     backbone = load_backbone(args.backbone, device=args.device)
     model = build_model(backbone, args.isolate)

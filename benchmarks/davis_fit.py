@@ -1,0 +1,139 @@
+"""One full ``BindingAffinityRegressor`` fit on Davis, resumable: train on folds 0-4, report the test fold.
+
+DeepDTA's setting 1 (``ba-davis``'s split): the 25,046 pairs of folds 0-4 train (10% of them held out
+for early stopping), the 5,010 pairs of the ``test`` fold are predicted once, at the end. The fit
+checkpoints every epoch into ``--checkpoint-dir``; run the same command again after it was killed and
+it resumes after the last finished epoch. Every run of the command is a *segment*, appended to
+``<checkpoint-dir>/segments.json`` with its wall time, so the result sums the whole fit's wall time
+over restarts (each restart recomputes the prefix cache: its cost is in the segment's setup time).
+
+    .venv/bin/python -m benchmarks.davis_fit --checkpoint-dir ~/davis-fit \\
+        --out benchmarks/results/ba-davis-full-fit.json
+
+Writes JSON: the command, machine, settings, every epoch's losses and seconds, the segments, and the
+test metrics (MSE, concordance index, Pearson, Spearman) of chemtag and of the mean predictor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.metrics import METRICS
+from benchmarks.runner import machine
+from benchmarks.splits import subsample
+from benchmarks.tasks import DATA_DIR, TASKS
+from chemtag import BindingAffinityRegressor
+from chemtag.backbones import DEFAULT_BACKBONE
+
+SEGMENTS_FILE = "segments.json"
+REPORTED = ("mse", "ci", "pearson", "spearman")
+
+
+def read_segments(checkpoint_dir: Path) -> list[dict]:
+    """The earlier runs' segments. One that was killed (no ``seconds``) is closed at its last checkpoint:
+    the work after it was lost and is redone by a later segment."""
+    path = checkpoint_dir / SEGMENTS_FILE
+    segments = json.loads(path.read_text()) if path.is_file() else []
+    checkpoints = [folder.stat().st_mtime for folder in checkpoint_dir.glob("epoch-*")]
+    for segment in segments:
+        if segment["seconds"] is None:
+            segment["killed"] = True
+            segment["seconds"] = max(max(checkpoints, default=segment["start_time"]) - segment["start_time"], 0.0)
+    return segments
+
+
+def write_segments(checkpoint_dir: Path, segments: list[dict]) -> None:
+    path = checkpoint_dir / SEGMENTS_FILE
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(segments, indent=1))
+    partial.replace(path)
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {name: METRICS[name](y_true, y_pred) for name in REPORTED}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint-dir", type=Path, required=True,
+                        help="where the fit checkpoints each epoch; the same folder resumes it")
+    parser.add_argument("--out", type=Path, help="JSON results, written when the fit has finished")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--n-train", type=int, help="seeded subset of the training pairs (default: all)")
+    parser.add_argument("--n-test", type=int, help="seeded subset of the test pairs (default: all)")
+    parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--fp32", action="store_true", help="float32 compute (default: bfloat16 autocast)")
+    parser.add_argument("--memory-gib", type=float, default=2.0,
+                        help="prefix-cache memory budget; the rest spills to a memory-mapped file")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    task = TASKS["ba-davis"]
+    frame = task.read(args.data_dir)
+    split = subsample(task.split(frame, 0, args.seed), args.n_train, args.n_test, args.seed)
+    train, test = frame.iloc[split.train].reset_index(drop=True), frame.iloc[split.test].reset_index(drop=True)
+    y_train, y_test = task.label(train), task.label(test)
+    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    segments = read_segments(args.checkpoint_dir)
+    estimator = BindingAffinityRegressor(
+        backbone=args.backbone, max_epochs=args.max_epochs, patience=args.patience, batch_size=args.batch_size,
+        bf16=not args.fp32, protein_alphabet="extended", cache_memory_bytes=int(args.memory_gib * 2**30),
+        checkpoint_dir=args.checkpoint_dir, random_state=args.seed, verbose=1)
+    print(f"{len(train):,} training pairs, {len(test):,} test pairs; segment {len(segments) + 1}", flush=True)
+
+    started = time.perf_counter()
+    segment = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "start_time": time.time(),
+               "threads": torch.get_num_threads(), "seconds": None}
+    write_segments(args.checkpoint_dir, segments + [segment])
+    estimator.fit(train[["Target", "Drug"]], y_train)
+    fitted_at = time.perf_counter()
+    done_before = max((s.get("last_epoch", -1) for s in segments), default=-1)
+    this_segment = [record for record in estimator.history_ if record["epoch"] > done_before]
+    segment |= {"seconds": fitted_at - started, "load_average_15min": os.getloadavg()[2],
+                "last_epoch": estimator.history_[-1]["epoch"],
+                "epochs": [record["epoch"] for record in this_segment],
+                "epoch_seconds": sum(record["seconds"] for record in this_segment)}
+    write_segments(args.checkpoint_dir, segments := segments + [segment])
+
+    predictions = estimator.predict(test[["Target", "Drug"]])
+    predict_seconds = time.perf_counter() - fitted_at
+    epochs = [record for record in estimator.history_ if "seconds" in record]
+    results = {
+        "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": date.today().isoformat(), "machine": machine(), "backbone": args.backbone,
+        "settings": {"bf16": not args.fp32, "batch_size": args.batch_size, "max_epochs": args.max_epochs,
+                     "patience": args.patience, "memory_gib": args.memory_gib, "seed": args.seed},
+        "n_train": len(train), "n_test": len(test),
+        "history": estimator.history_,
+        "segments": segments,
+        "fit_seconds": sum(s["seconds"] for s in segments),
+        "mean_epoch_seconds": float(np.mean([record["seconds"] for record in epochs])) if epochs else None,
+        "predict_seconds": predict_seconds,
+        "test": {"chemtag": scores(y_test, predictions),
+                 "mean": scores(y_test, np.full(len(y_test), y_train.mean()))},
+    }
+    print(json.dumps(results["test"], indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

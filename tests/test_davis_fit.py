@@ -1,0 +1,58 @@
+"""The resumable full Davis fit (``python -m benchmarks.davis_fit``) on the tiny backbone and a Davis slice."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import davis_fit
+
+
+@pytest.fixture
+def davis_slice(shared_data, tmp_path):
+    """A data folder with 24 training pairs (folds 0-4) and 8 test pairs of Davis, proteins cut to 30 residues."""
+    davis = pd.read_csv(shared_data / "davis.csv.gz", dtype={"fold": str})
+    davis = pd.concat([davis[davis["fold"] != "test"].sample(24, random_state=0),
+                       davis[davis["fold"] == "test"].sample(8, random_state=0)])
+    davis["Target"] = davis["Target"].str[:30]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    davis.to_csv(folder / "davis.csv.gz", index=False)
+    return folder
+
+
+def run(davis_slice, checkpoint_dir, *extra):
+    return davis_fit.main(["--data-dir", str(davis_slice), "--backbone", "tiny-llama", "--checkpoint-dir",
+                           str(checkpoint_dir), "--max-epochs", "2", "--batch-size", "8", "--fp32", *extra])
+
+
+def test_fit_trains_on_folds_0_to_4_and_reports_the_test_fold_against_the_mean(davis_slice, tmp_path):
+    results = run(davis_slice, tmp_path / "fit", "--out", str(tmp_path / "r.json"))
+    assert (results["n_train"], results["n_test"]) == (24, 8)
+    assert [record["epoch"] for record in results["history"]] == [0, 1, 2]
+    assert set(results["test"]) == {"chemtag", "mean"}
+    assert set(results["test"]["chemtag"]) == {"mse", "ci", "pearson", "spearman"}
+    assert np.isfinite(results["test"]["chemtag"]["mse"])
+    assert json.loads((tmp_path / "r.json").read_text())["test"]["chemtag"]["mse"] == results["test"]["chemtag"]["mse"]
+
+
+def test_a_second_run_resumes_the_finished_fit_and_sums_the_segments(davis_slice, tmp_path):
+    first = run(davis_slice, tmp_path / "fit")
+    second = run(davis_slice, tmp_path / "fit")
+    assert second["history"] == first["history"]
+    assert second["test"]["chemtag"] == first["test"]["chemtag"]
+    assert [segment["epochs"] for segment in second["segments"]] == [[0, 1, 2], []]
+    assert second["fit_seconds"] == pytest.approx(sum(segment["seconds"] for segment in second["segments"]))
+
+
+def test_a_killed_segment_counts_until_its_last_checkpoint(davis_slice, tmp_path):
+    checkpoint_dir = tmp_path / "fit"
+    run(davis_slice, checkpoint_dir)
+    segments = json.loads((checkpoint_dir / "segments.json").read_text())
+    killed = {"started": "then", "start_time": segments[0]["start_time"] - 100.0, "threads": 1, "seconds": None}
+    (checkpoint_dir / "segments.json").write_text(json.dumps([killed]))
+    last_checkpoint = max(path.stat().st_mtime for path in checkpoint_dir.glob("epoch-*"))
+    closed = davis_fit.read_segments(checkpoint_dir)[0]
+    assert closed["killed"]
+    assert closed["seconds"] == pytest.approx(last_checkpoint - killed["start_time"])
