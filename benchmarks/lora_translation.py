@@ -24,7 +24,7 @@ from chemtag import MoleculeTranslator
 from chemtag.backbones import DEFAULT_BACKBONE, load_backbone
 from chemtag.generation import (append_targets, decode, generate_after, target_loss, target_token_losses,
                                 untagged_prompts)
-from chemtag.model import Batch
+from chemtag.model import Batch, autocast
 from chemtag.templates import EncodedPrompts
 from chemtag.training import TrainingConfig, length_bucketed_batches, warm_up
 
@@ -90,7 +90,7 @@ class LoraTranslator(BaseEstimator):
         for epoch in range(1, self.max_epochs + 1):
             total = 0.0
             for rows in length_bucketed_batches(prompts.lengths, self.batch_size, rng):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                with autocast(device, self.bf16):
                     loss = target_loss(self.losses(Batch.collate(prompts, rows, pad_id, device)))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -82,7 +82,7 @@ def timed_steps(model: TaggedModel, batches, make_batch, targets: torch.Tensor, 
     seconds, predictions = [], []
     for rows in batches:
         started = time.perf_counter()
-        with autocast(model, bf16):
+        with autocast(model.backbone.device, bf16):
             outputs = model(make_batch(rows))
             loss = nn.functional.mse_loss(outputs, targets[rows])
         model.zero_grad(set_to_none=True)

@@ -37,11 +37,10 @@ import numpy as np
 import pandas as pd
 import torch
 from rdkit import Chem, RDLogger
-from transformers import GenerationConfig
 
 from chemtag import MoleculeTranslator
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from chemtag.generation import left_padded, until_end, untagged_prompts
+from chemtag.generation import generate_after, untagged_prompts
 from chemtag.protocol import pretrain_domain_tag, text_loss
 from chemtag.representations import LANGUAGES, canonical, convert, same
 from chemtag.tags import TagLibrary
@@ -136,15 +135,10 @@ def few_shot(backbone: Backbone, examples: list[dict[str, str]], texts: list[str
     tokenizer = backbone.tokenizer
     shots = "".join(f"Input: {source} {e[source]} Output: {target} {e[target]}\n" for e in examples)
     ids = tokenizer([shots + f"Input: {source} {text} Output: {target}" for text in texts]).input_ids
-    prompts = untagged_prompts(ids)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids,
-                              pad_token_id=tokenizer.pad_token_id)
-    batch = left_padded(prompts, range(len(texts)), tokenizer.pad_token_id, backbone.device)
-    with torch.no_grad(), torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=bf16):
-        written = backbone.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(),
-                                          generation_config=config)
-    return [tokenizer.decode(until_end(ids, tokenizer.eos_token_id)).split("\n")[0].strip()
-            for ids in written[:, batch.input_ids.shape[1]:].tolist()]
+    embed = backbone.model.get_input_embeddings()
+    written = generate_after(backbone.model, tokenizer, untagged_prompts(ids), lambda batch: embed(batch.input_ids),
+                             max_new_tokens, bf16=bf16, stop_ids=stop_ids)
+    return [tokenizer.decode(ids).split("\n")[0].strip() for ids in written]
 
 
 def scores(predicted: list[str | None], expected: list[str], language: str) -> dict:

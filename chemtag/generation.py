@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from chemtag.backbones import Backbone
-from chemtag.model import Batch, TaggedModel, pad_rows
+from chemtag.model import Batch, TaggedModel, autocast, pad_rows
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts
 
@@ -119,22 +119,24 @@ def target_token_losses(hidden: torch.Tensor, batch: Batch, lm_head: nn.Module) 
 @torch.no_grad()
 def generate_after(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: EncodedPrompts,
                    embed: Callable[[Batch], torch.Tensor], max_new_tokens: int, num_beams: int = 1,
-                   batch_size: int = 16, bf16: bool = False, verbose: int = 0) -> list[list[int]]:
+                   batch_size: int = 16, bf16: bool = False, verbose: int = 0,
+                   stop_ids: Sequence[int] = ()) -> list[list[int]]:
     """Token ids ``lm`` writes after each prompt, without the end token: at most ``max_new_tokens`` each.
 
     ``embed`` maps a left-padded batch to its input embeddings ``(B, L, d)`` (tags spliced in, or the
     vocabulary embeddings alone). Greedy for ``num_beams=1``, else beam search; prompts are decoded
-    ``batch_size`` at a time, sorted by length, with the KV cache, and stop at the end token.
+    ``batch_size`` at a time, sorted by length, with the KV cache, and stop at the end token or at any
+    token of ``stop_ids`` (kept in the output).
     """
     end = end_token_id(tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                              eos_token_id=end, pad_token_id=tokenizer.pad_token_id)
+                              eos_token_id=[end, *stop_ids], pad_token_id=tokenizer.pad_token_id)
     order = np.argsort(prompts.lengths, kind="stable")
     written: list[list[int]] = [[] for _ in range(len(prompts))]
     for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=verbose <= 0, leave=False):
         rows = order[start:start + batch_size]
         batch = left_padded(prompts, rows, tokenizer.pad_token_id, lm.device)
-        with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(lm.device, bf16):
             outputs = lm.generate(inputs_embeds=embed(batch), attention_mask=batch.attention_mask.long(),
                                   generation_config=config)
         for row, ids in zip(rows, outputs.tolist()):

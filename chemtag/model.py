@@ -27,11 +27,11 @@ def pad_rows(rows: Sequence[np.ndarray], fill, dtype=np.int64) -> np.ndarray:
     return padded
 
 
-def autocast(model: "TaggedModel", enabled: bool):
-    """bfloat16 autocast on the backbone's device, or nothing."""
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on ``device`` (a model's weights' device), or nothing."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=model.backbone.device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @dataclass

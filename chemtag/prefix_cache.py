@@ -195,7 +195,7 @@ class PrefixCache:
         waves: dict[int, list[int]] = {}
         for i, piece in enumerate(self.pieces):
             waves.setdefault(piece.depth if piece.dependent else -1, []).append(i)
-        with autocast(self.model, bf16), progress:
+        with autocast(self.model.backbone.device, bf16), progress:
             for _, wave in sorted(waves.items()):
                 for chunk in _chunks(wave, batch_size, key=lambda i: self.pieces[i].cost):
                     self._compute_pieces([self.pieces[i] for i in chunk])

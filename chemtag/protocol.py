@@ -91,7 +91,7 @@ def text_loss(backbone: Backbone, texts: Sequence[str], tag: Tag | None = None, 
     order = np.argsort(prompts.lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         batch = Batch.collate(prompts, order[start:start + batch_size], pad, backbone.device)
-        with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(backbone.device, bf16):
             loss, tokens = _text_loss(model, backbone, batch)
         total += loss.item() * tokens
         count += tokens
@@ -143,7 +143,7 @@ def pretrain_domain_tag(
         rows = batches[-processes:][rank]
         del batches[-processes:]
         batch = Batch.collate(prompts, rows, pad, backbone.device)
-        with autocast(model, bf16):
+        with autocast(model.backbone.device, bf16):
             loss, _ = _text_loss(model, backbone, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -156,7 +156,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                                 leave=config.verbose > 1)
                 for batch_rows in progress:
                     rows = train_rows[batch_rows]
-                    with autocast(model, config.bf16):
+                    with autocast(model.backbone.device, config.bf16):
                         loss = loss_fn(model(batcher(rows)), targets[rows])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -327,7 +327,7 @@ def _outputs(model: TaggedModel, batcher: Batcher, rows: np.ndarray, lengths: np
     mine = batches[processes.process_index::processes.num_processes] if sharded else batches
     outputs = []
     for positions in tqdm(mine, desc="predict", disable=verbose <= 0, leave=False):
-        with autocast(model, bf16):
+        with autocast(model.backbone.device, bf16):
             outputs.append(compute(batcher(rows[positions])).float().cpu())
     result = torch.cat(outputs)
     unsorted = torch.zeros((len(rows), *result.shape[1:]), dtype=result.dtype)

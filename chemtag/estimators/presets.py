@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-import pandas as pd
 
 from chemtag.estimators._inputs import as_frame
 from chemtag.estimators.generic import TagLLMRegressor

@@ -5,7 +5,7 @@ from chemtag.descriptors import qed
 from chemtag.validation import canonical_smiles
 from chemtag.estimators import QEDRegressor
 from chemtag.templates import Template
-from chemtag.training import TrainingConfig, _batcher, _computed, _outputs, train
+from chemtag.training import _batcher, _computed, _outputs
 from chemtag.prefix_cache import PrefixCache
 from chemtag.model import autocast
 torch.set_num_threads(2)
@@ -29,7 +29,7 @@ for bf16 in (False, True):
     tot = 0
     for s in range(0, 200, 16):
         r = allrows[s:s+16]
-        with autocast(model, bf16):
+        with autocast(model.backbone.device, bf16):
             out = model(b(r))
         tot += mse(out, y[r]).item()*len(r)
     print("  train-mode cached forward loss:", tot/200)
@@ -38,7 +38,7 @@ for bf16 in (False, True):
     with torch.no_grad():
         for s in range(0, 200, 16):
             r = allrows[s:s+16]
-            with autocast(model, bf16):
+            with autocast(model.backbone.device, bf16):
                 out = model(nob(r))
             tot += mse(out, y[r]).item()*len(r)
     print("  uncached forward loss:", tot/200)

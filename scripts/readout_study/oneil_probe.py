@@ -8,13 +8,12 @@ Readouts are cached in /tmp/exp/oneil/readouts.npz.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/oneil_probe.py
 """
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import GroupKFold, KFold
+from sklearn.model_selection import GroupKFold
 
 from benchmarks.runner import load_data
 from benchmarks.tasks import TASKS, Rows

@@ -7,7 +7,6 @@ from chemtag.validation import canonical_smiles
 from chemtag.estimators import QEDRegressor
 from chemtag.templates import Template
 from chemtag.training import predict
-from chemtag.model import TaggedModel
 torch.set_num_threads(1)
 smiles = [s for s in demo_smiles() if canonical_smiles(s) and len(s) <= 80]
 rows = np.random.default_rng(0).permutation(len(smiles))[:1000]
