@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -129,11 +129,12 @@ class Checkpoint:
                 shutil.rmtree(path)
 
 
-def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor,
+def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: Callable,
                     config: TrainingConfig, first_epoch: int) -> dict:
     """What a fit computes from, as JSON values and SHA-256 digests: the backbone, the starting model
-    (tags, head, which tags train), the prompts' tokens, the targets, the training settings and the
-    epoch it starts at (a warm start is another fit). Equal for the same fit in any process."""
+    (tags, head, which tags train), the prompts' tokens, the targets, the loss (by its function's
+    qualified name), the training settings and the epoch it starts at (a warm start is another fit).
+    Equal for the same fit in any process."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUN_SETTINGS}
     fingerprint = {
         "backbone": model.backbone.fingerprint,
@@ -150,6 +151,7 @@ def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.
             "readout": torch.from_numpy(prompts.readout.astype(np.int64)),
         }),
         "targets": _digest({"targets": targets}),
+        "loss": f"{loss_fn.__module__}.{loss_fn.__qualname__}",
         "training": settings,
         "first_epoch": first_epoch,
     }

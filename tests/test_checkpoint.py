@@ -7,6 +7,7 @@ estimator's, stop at the second training step after epoch 2's checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -24,6 +25,7 @@ from sklearn.base import clone
 
 from chemtag import QEDRegressor
 from chemtag.heads import LinearHead
+from chemtag.losses import squared_error
 from chemtag.model import TaggedModel
 from chemtag.training import LossFunction, train
 from test_training import _assert_same_state, _config, _model, _noise, _prompts, _strings, _without_timings, mse
@@ -36,16 +38,20 @@ def _press_ctrl_c() -> None:
     raise KeyboardInterrupt
 
 
+@functools.wraps(mse)
 def _never_called(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mse`` by name (the checkpoint's fingerprint names the loss), but never to be called."""
     raise AssertionError("a completed fit trained again")
 
 
 class InterruptingLoss:
     """``loss`` that calls ``interrupt`` at its ``step``-th training call (one with gradients) once
-    ``checkpoint`` exists: in the middle of the epoch after that checkpoint's."""
+    ``checkpoint`` exists: in the middle of the epoch after that checkpoint's. It carries ``loss``'s name,
+    so that the fit it interrupts resumes with ``loss`` itself."""
 
     def __init__(self, checkpoint: Path, interrupt: Callable[[], None] = _press_ctrl_c, loss: LossFunction = mse,
                  step: int = 2):
+        functools.update_wrapper(self, loss)
         self.checkpoint, self.interrupt, self.loss, self.step = checkpoint, interrupt, loss, step
         self.steps_since_checkpoint = 0
 
@@ -127,6 +133,7 @@ def test_an_early_stopped_fit_is_complete_too(tiny_llama, tmp_path):
     (dict(targets_seed=1), "targets"),
     (dict(lr=0.5), "training.lr"),
     (dict(max_epochs=2), "training.max_epochs"),
+    (dict(loss=torch.nn.functional.l1_loss), "loss"),
 ])
 def test_a_checkpoint_of_another_fit_is_refused_and_kept(tiny_llama, tmp_path, other, difference):
     _fit(tiny_llama, tmp_path, max_epochs=1)
@@ -186,7 +193,7 @@ def test_an_estimator_refit_after_an_interruption_predicts_as_an_uninterrupted_o
     params = dict(backbone="tiny-llama", max_epochs=3, batch_size=4, verbose=0)
     targets = np.linspace(0, 1, len(SMILES))
     model = QEDRegressor(checkpoint_dir=tmp_path, **params)
-    monkeypatch.setattr(QEDRegressor, "_loss", InterruptingLoss(tmp_path / "epoch-0002", loss=QEDRegressor._loss))
+    monkeypatch.setattr(QEDRegressor, "_loss", InterruptingLoss(tmp_path / "epoch-0002", loss=squared_error))
     model.fit(SMILES, targets)
     assert [record["epoch"] for record in model.history_] == [0, 1, 2], "Ctrl-C during epoch 3 keeps the best so far"
 

@@ -1,5 +1,6 @@
 """The estimators behave as scikit-learn users expect."""
 
+import functools
 import json
 import pickle
 import subprocess
@@ -9,12 +10,13 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from chemtag import QEDRegressor, TagLLMClassifier, TagLLMRegressor
+from chemtag import QEDRegressor, TagLLMClassifier, TagLLMRegressor, losses
 
 FAST = dict(backbone="tiny-llama", max_epochs=2, verbose=0, validation_fraction=0)
 SMILES = ["CCO", "c1ccccc1", "CCN", "CC(=O)O", "CCCC", "c1ccncc1", "CC(C)O", "OCCO", "CCOC", "C1CCCCC1", "CCCl", "CCBr"]
@@ -47,8 +49,34 @@ def test_presets_expose_their_defaults_as_parameters():
     params = QEDRegressor().get_params()
     assert params["domains"] == {"Drug": "SMILES"} and params["function_tag"] == "QED"
     assert QEDRegressor().set_params(lr=0.5).lr == 0.5
-    with pytest.raises(TypeError, match="unexpected parameters"):
+    with pytest.raises(TypeError, match="^QEDRegressor: got an unexpected keyword argument 'learning_rate'$"):
         QEDRegressor(learning_rate=0.1)
+
+
+def test_huber_loss_is_what_the_probe_training_and_early_stopping_minimise(monkeypatch):
+    calls = []
+
+    @functools.wraps(losses.huber)
+    def spy(outputs, targets):
+        calls.append(outputs.requires_grad)
+        return losses.huber(outputs, targets)
+
+    monkeypatch.setitem(losses.REGRESSION_LOSSES, "huber", spy)
+    QEDRegressor(loss="huber", **(FAST | dict(validation_fraction=0.25))).fit(SMILES, TARGETS)
+    assert True in calls, "training steps"
+    assert False in calls, "the probe's fits and the validation losses"
+
+
+def test_huber_loss_is_squared_within_one_standard_deviation_and_linear_beyond():
+    residuals = torch.tensor([0.5, -0.5, 3.0, -3.0])
+    outputs = residuals[:, None]
+    expected = torch.tensor([0.125, 0.125, 2.5, 2.5]).mean()  # 0.5 r^2 inside, |r| - 0.5 beyond
+    torch.testing.assert_close(losses.huber(outputs, torch.zeros(4)), expected)
+
+
+def test_an_unknown_loss_is_refused_before_fitting():
+    with pytest.raises(ValueError, match=r"^loss must be one of \('squared_error', 'huber'\), got 'l1'\.$"):
+        QEDRegressor(loss="l1", **FAST).fit(SMILES, TARGETS)
 
 
 def test_seeded_fits_predict_identically():

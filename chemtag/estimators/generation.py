@@ -15,7 +15,7 @@ from chemtag.backbones import Backbone
 from chemtag.domains import get_domain
 from chemtag.estimators._base import TagLLMEstimator
 from chemtag.estimators._inputs import as_frame, read_fields
-from chemtag.estimators.presets import _preset
+from chemtag.estimators._signatures import derived_init
 from chemtag.generation import TaggedGenerator, append_targets, decode, target_loss
 from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.representations import LANGUAGES, MOLECULE_LANGUAGES
@@ -68,7 +68,7 @@ class TagLLMGenerator(TagLLMEstimator):
     ``head_``, which is empty (the head is the backbone's own).
     """
 
-    __init__ = _preset(TagLLMEstimator, output_domain="Text", max_new_tokens=64, num_beams=1)
+    __init__ = derived_init(TagLLMEstimator, output_domain="Text", max_new_tokens=64, num_beams=1)
 
     # ----------------------------------------------------------------- fit / predict / score
     def fit(self, X, y):
@@ -252,7 +252,7 @@ class MoleculeTranslator(TagLLMGenerator):
     names another text column.
     """
 
-    __init__ = _preset(TagLLMGenerator, function_tag="Translate", output_domain=None, source="SMILES",
+    __init__ = derived_init(TagLLMGenerator, function_tag="Translate", output_domain=None, source="SMILES",
                        target="SELFIES", languages=None, language_tags=True)
 
     def _check_output_params(self) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, RegressorMixin
-from torch.nn import functional
 
 from chemtag.estimators._base import TagLLMEstimator
+from chemtag.estimators._signatures import derived_init
+from chemtag.losses import REGRESSION_LOSSES, cross_entropy
 from chemtag.validation import validated_targets
 
 
@@ -75,6 +76,10 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         memory-mapped file. Raise it on machines with memory to spare, lower it on small ones.
     verbose : int
         0 silent, 1 a progress bar per epoch and a line of losses, 2 also for prediction.
+    loss : {"squared_error", "huber"}
+        What training, the head's initial probe and early stopping minimise: the squared error, or the
+        Huber loss (squared within one standard deviation of the training targets, linear beyond), which
+        lets heavy-tailed targets (e.g. drug-combination synergy) pull the fit less.
 
     Attributes
     ----------
@@ -85,6 +90,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     fields_ : dict -- template field -> domain.
     n_features_in_, feature_names_in_ : the columns seen in ``fit``.
     """
+
+    __init__ = derived_init(TagLLMEstimator, keyword_only=False, loss="squared_error")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -101,9 +108,14 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
             self.y_scale_ = float(targets.std()) or 1.0
         return ((targets - self.y_mean_) / self.y_scale_).astype(np.float32)
 
-    @staticmethod
-    def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return functional.mse_loss(outputs.squeeze(-1), targets)
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.loss not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {tuple(REGRESSION_LOSSES)}, got {self.loss!r}.")
+
+    @property
+    def _loss(self):
+        return REGRESSION_LOSSES[self.loss]
 
     def predict(self, X) -> np.ndarray:
         """Predicted targets, ``(n,)`` float64, in the units of ``y``."""
@@ -136,9 +148,7 @@ class TagLLMClassifier(ClassifierMixin, TagLLMEstimator):
             raise ValueError(f"y has labels {sorted(unseen)} not seen in the first fit; refit with warm_start=False.")
         return np.searchsorted(self.classes_, labels).astype(np.int64)
 
-    @staticmethod
-    def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return functional.cross_entropy(outputs, targets)
+    _loss = staticmethod(cross_entropy)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, ``(n, n_classes)`` in the order of ``classes_``."""

@@ -8,44 +8,17 @@ are read with the columns in the order of the template's fields.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 from chemtag.estimators._inputs import as_frame
+from chemtag.estimators._signatures import derived_init
 from chemtag.estimators.generic import TagLLMRegressor
-
-
-def _preset(base: type, **defaults):
-    """An ``__init__`` with ``base``'s keyword parameters and new ``defaults`` (as sklearn needs an
-    explicit signature to list parameters)."""
-    base_signature = inspect.signature(base.__init__)
-    parameters = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=defaults.get(p.name, p.default))
-        for name, p in base_signature.parameters.items() if name != "self"
-    ]
-    extras = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
-              for name, value in defaults.items() if name not in base_signature.parameters]
-    base_names = set(base_signature.parameters)
-
-    def __init__(self, **params):
-        unknown = set(params) - {p.name for p in parameters + extras}
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected parameters {sorted(unknown)}.")
-        values = {p.name: p.default for p in parameters + extras} | params
-        base.__init__(self, **{k: v for k, v in values.items() if k in base_names})
-        for name in (p.name for p in extras):
-            setattr(self, name, values[name])
-
-    self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    __init__.__signature__ = base_signature.replace(parameters=[self_parameter, *parameters, *extras])
-    return __init__
 
 
 class QEDRegressor(TagLLMRegressor):
     """SMILES -> QED (RDKit's drug-likeness, 0..1). Input column ``Drug``, as in TDC."""
 
-    __init__ = _preset(
+    __init__ = derived_init(
         TagLLMRegressor, domains={"Drug": "SMILES"}, function_tag="QED",
         template="Input: The SMILES of the molecule is <SMILES> {Drug}. Output: The QED is <QED>",
     )
@@ -58,7 +31,7 @@ class ProteinDescriptorRegressor(TagLLMRegressor):
     computes labels (by default GRAVY, the grand average of hydropathy).
     """
 
-    __init__ = _preset(
+    __init__ = derived_init(
         TagLLMRegressor, domains={"Target": "Protein"}, function_tag="Descriptor",
         template="Input: The protein sequence is <Protein> {Target}. Output: The descriptor is <Descriptor>",
     )
@@ -71,7 +44,7 @@ class BindingAffinityRegressor(TagLLMRegressor):
     computed once per fit and shared by all its pairs in the prefix cache.
     """
 
-    __init__ = _preset(
+    __init__ = derived_init(
         TagLLMRegressor, domains={"Target": "Protein", "Drug": "SMILES"}, function_tag="BA",
         template=("Input: The protein sequence is <Protein> {Target}. The SMILES of the drug is <SMILES> {Drug}. "
                   "Output: The binding affinity is <BA>"),
@@ -97,7 +70,7 @@ class DrugComboRegressor(TagLLMRegressor):
     warm start keeps the fitted one.
     """
 
-    __init__ = _preset(
+    __init__ = derived_init(
         TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}, function_tag="DC",
         template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
                   "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
