@@ -7,6 +7,7 @@ Every method builds a regressor with ``fit(X: DataFrame, y (n,))`` and ``predict
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -116,6 +117,14 @@ def _chemtag(**params) -> Callable[[Context], Regressor]:
         random_state=context.seed, protein_alphabet="extended", verbose=0, **params)
 
 
+def _chemtag_without_domain_tags(context: Context) -> Regressor:
+    """The preset with its domain tags removed from the template and every input read as plain text."""
+    preset = context.task.estimator()
+    domain_tags = re.compile("<(?:" + "|".join(map(re.escape, set(preset.domains.values()))) + ")> ")
+    return _chemtag(domains={field: "Text" for field in preset.domains},
+                    template=domain_tags.sub("", preset.template))(context)
+
+
 def _chemtag_with_expression(context: Context) -> Regressor:
     return _chemtag(cell_line_features=read_cell_expression(context.data_dir))(context)
 
@@ -141,8 +150,13 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag()),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
                                 "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),
+    Method("chemtag-no-domain-tags", "chemtag with no domain tags: inputs written as plain text in the same "
+                                     "template (stage-3 ablation)", _chemtag_without_domain_tags),
     Method("chemtag-augment", "chemtag trained on both drug orders (pair_order='augment'; default 'average' "
                               "averages both orders at prediction only)", _chemtag(pair_order="augment"),
+           tasks=("dc-oneil",)),
+    Method("chemtag-huber", "chemtag trained on the Huber loss (loss='huber': linear beyond one standard deviation "
+                            "of the targets), for heavy-tailed synergy scores", _chemtag(loss="huber"),
            tasks=("dc-oneil",)),
     Method("chemtag-expression", "chemtag with the cell lines' expression as a projected feature tag",
            _chemtag_with_expression, tasks=("dc-oneil",)),

@@ -338,6 +338,19 @@ def test_chemtag_reads_the_davis_kinase_with_an_unknown_residue(shared_data):
     estimator.set_params(max_epochs=1, validation_fraction=0).fit(with_x[["Target", "Drug"]], with_x["Y"])
 
 
+@pytest.mark.parametrize("task", ["ba-davis", "dc-oneil", "qed", "descriptor"])
+def test_the_no_domain_tag_arm_writes_the_preset_template_without_its_domain_tags(task):
+    context = Context(TASKS[task], TINY_BUDGET, Rows(), 0, "tiny-llama", Path("."))
+    preset, arm = METHODS["chemtag"].build(context), METHODS["chemtag-no-domain-tags"].build(context)
+    assert set(arm.domains.values()) == {"Text"} and set(arm.domains) == set(preset.domains)
+    removed = {f"<{domain}> " for domain in preset.domains.values() if domain != "Text"}
+    expected = preset.template
+    for tag in removed:
+        expected = expected.replace(tag, "")
+    assert arm.template == expected and expected != preset.template
+    assert arm.template.endswith(f"<{preset.function_tag}>")
+
+
 def test_load_data_crops_proteins_and_labels_what_is_kept(shared_data):
     data = load_data(TASKS["descriptor"], Rows(8, 4, max_residues=25), data_dir=shared_data)
     assert data.X_train["Target"].str.len().max() <= 25
