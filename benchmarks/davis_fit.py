@@ -6,6 +6,8 @@ checkpoints every epoch into ``--checkpoint-dir``; run the same command again af
 it resumes after the last finished epoch. Every run of the command is a *segment*, appended to
 ``<checkpoint-dir>/segments.json`` with its wall time, so the result sums the whole fit's wall time
 over restarts (each restart recomputes the prefix cache: its cost is in the segment's setup time).
+Resume with the code that started the fit (each segment records its commit): a checkpoint of a fit
+whose fingerprint the code computes differently is refused.
 
     .venv/bin/python -m benchmarks.davis_fit --checkpoint-dir ~/davis-fit \\
         --out benchmarks/results/ba-davis-full-fit.json
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from datetime import date
@@ -57,6 +60,12 @@ def write_segments(checkpoint_dir: Path, segments: list[dict]) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(segments, indent=1))
     partial.replace(path)
+
+
+def commit() -> str | None:
+    """The checked-out commit of this code, if it is a git checkout."""
+    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     segment = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "start_time": time.time(),
-               "threads": torch.get_num_threads(), "seconds": None}
+               "threads": torch.get_num_threads(), "commit": commit(), "seconds": None}
     write_segments(args.checkpoint_dir, segments + [segment])
     estimator.fit(train[["Target", "Drug"]], y_train)
     fitted_at = time.perf_counter()
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     predictions = estimator.predict(test[["Target", "Drug"]])
     predict_seconds = time.perf_counter() - fitted_at
-    epochs = [record for record in estimator.history_ if "seconds" in record]
+    epochs = [record for record in estimator.history_ if record["epoch"] > 0]  # epoch 0: the head's probe
     results = {
         "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": date.today().isoformat(), "machine": machine(), "backbone": args.backbone,
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         "segments": segments,
         "fit_seconds": sum(s["seconds"] for s in segments),
         "mean_epoch_seconds": float(np.mean([record["seconds"] for record in epochs])) if epochs else None,
+        "epoch_0_seconds": estimator.history_[0]["seconds"],
         "predict_seconds": predict_seconds,
         "test": {"chemtag": scores(y_test, predictions),
                  "mean": scores(y_test, np.full(len(y_test), y_train.mean()))},
