@@ -5,7 +5,8 @@ for early stopping), the 5,010 pairs of the ``test`` fold are predicted once, at
 checkpoints every epoch into ``--checkpoint-dir``; run the same command again after it was killed and
 it resumes after the last finished epoch. Every run of the command is a *segment*, appended to
 ``<checkpoint-dir>/segments.json`` with its wall time, so the result sums the whole fit's wall time
-over restarts (each restart recomputes the prefix cache: its cost is in the segment's setup time).
+over restarts: the work each run kept (a killed run counts until its last checkpoint; each restart
+recomputes the prefix cache, which is in its segment's time). A run stopped by Ctrl-C writes no result.
 Resume with the code that started the fit (each segment records its commit): a checkpoint of a fit
 whose fingerprint the code computes differently is refused.
 
@@ -42,16 +43,26 @@ SEGMENTS_FILE = "segments.json"
 REPORTED = ("mse", "ci", "pearson", "spearman")
 
 
+def latest_checkpoint(checkpoint_dir: Path) -> tuple[int, float, dict] | None:
+    """The newest checkpoint's epoch, modification time and ``checkpoint.json``, if there is one."""
+    folders = sorted(checkpoint_dir.glob("epoch-*"))  # zero-padded epoch numbers sort in order
+    if not folders:
+        return None
+    return int(folders[-1].name.split("-")[1]), folders[-1].stat().st_mtime, \
+        json.loads((folders[-1] / "checkpoint.json").read_text())
+
+
 def read_segments(checkpoint_dir: Path) -> list[dict]:
-    """The earlier runs' segments. One that was killed (no ``seconds``) is closed at its last checkpoint:
-    the work after it was lost and is redone by a later segment."""
+    """The earlier runs' segments. One that was killed (no ``seconds``) is closed at the last checkpoint it
+    wrote: its epochs are those up to that checkpoint, its ``seconds`` the wall time until then (the work
+    after it was lost and is redone by the next segment, so it is not counted)."""
     path = checkpoint_dir / SEGMENTS_FILE
     segments = json.loads(path.read_text()) if path.is_file() else []
-    checkpoints = [folder.stat().st_mtime for folder in checkpoint_dir.glob("epoch-*")]
+    latest = latest_checkpoint(checkpoint_dir)
     for segment in segments:
         if segment["seconds"] is None:
-            segment["killed"] = True
-            segment["seconds"] = max(max(checkpoints, default=segment["start_time"]) - segment["start_time"], 0.0)
+            epoch, written, _ = latest or (segment.get("resumed_after"), segment["start_time"], None)
+            segment |= {"killed": True, "seconds": max(written - segment["start_time"], 0.0), "last_epoch": epoch}
     return segments
 
 
@@ -63,9 +74,14 @@ def write_segments(checkpoint_dir: Path, segments: list[dict]) -> None:
 
 
 def commit() -> str | None:
-    """The checked-out commit of this code, if it is a git checkout."""
-    found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
-    return found.stdout.strip() if found.returncode == 0 else None
+    """The checked-out commit of this code (``-dirty`` with uncommitted changes), if it is a git checkout."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").stdout else "")
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -107,18 +123,27 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(train):,} training pairs, {len(test):,} test pairs; segment {len(segments) + 1}", flush=True)
 
     started = time.perf_counter()
+    latest = latest_checkpoint(args.checkpoint_dir)
     segment = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "start_time": time.time(),
-               "threads": torch.get_num_threads(), "commit": commit(), "seconds": None}
+               "threads": torch.get_num_threads(), "commit": commit(), "resumed_after": latest and latest[0],
+               "seconds": None}
+    if segments and segment["commit"] != segments[0].get("commit"):
+        print(f"warning: this fit started at commit {segments[0].get('commit')}, this code is {segment['commit']}; "
+              "a checkpoint whose fingerprint this code computes differently is refused", flush=True)
     write_segments(args.checkpoint_dir, segments + [segment])
     estimator.fit(train[["Target", "Drug"]], y_train)
     fitted_at = time.perf_counter()
-    done_before = max((s.get("last_epoch", -1) for s in segments), default=-1)
-    this_segment = [record for record in estimator.history_ if record["epoch"] > done_before]
+    resumed_after = -1 if segment["resumed_after"] is None else segment["resumed_after"]
+    this_segment = [record for record in estimator.history_ if record["epoch"] > resumed_after]
+    complete = latest_checkpoint(args.checkpoint_dir)[2]["complete"]
     segment |= {"seconds": fitted_at - started, "load_average_15min": os.getloadavg()[2],
-                "last_epoch": estimator.history_[-1]["epoch"],
+                "last_epoch": estimator.history_[-1]["epoch"], "interrupted": not complete,
                 "epochs": [record["epoch"] for record in this_segment],
                 "epoch_seconds": sum(record["seconds"] for record in this_segment)}
     write_segments(args.checkpoint_dir, segments := segments + [segment])
+    if not complete:
+        print("The fit was interrupted before it finished; run the same command again to resume it.", flush=True)
+        return {"segments": segments, "history": estimator.history_}
 
     predictions = estimator.predict(test[["Target", "Drug"]])
     predict_seconds = time.perf_counter() - fitted_at

@@ -19,6 +19,7 @@ another fit: one whose :func:`fit_fingerprint` differs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -132,8 +133,8 @@ class Checkpoint:
 def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: Callable,
                     config: TrainingConfig, first_epoch: int) -> dict:
     """What a fit computes from, as JSON values and SHA-256 digests: the backbone, the starting model
-    (tags, head, which tags train), the prompts' tokens, the targets, the loss (by its function's
-    qualified name), the training settings and the epoch it starts at (a warm start is another fit).
+    (tags, head, which tags train), the prompts' tokens, the targets, the loss (by name: see
+    :func:`_callable_name`), the training settings and the epoch it starts at (a warm start is another fit).
     Equal for the same fit in any process."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUN_SETTINGS}
     fingerprint = {
@@ -151,11 +152,20 @@ def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.
             "readout": torch.from_numpy(prompts.readout.astype(np.int64)),
         }),
         "targets": _digest({"targets": targets}),
-        "loss": f"{loss_fn.__module__}.{loss_fn.__qualname__}",
+        "loss": _callable_name(loss_fn),
         "training": settings,
         "first_epoch": first_epoch,
     }
     return json.loads(json.dumps(fingerprint))  # as read back from a file: tuples become lists
+
+
+def _callable_name(function: Callable) -> str:
+    """``module.qualname`` of a function, or of a callable object's class; a ``functools.partial`` also
+    with its arguments. (Functions are told apart by name only: two lambdas of one module look alike.)"""
+    if isinstance(function, functools.partial):
+        return f"{_callable_name(function.func)}(*{function.args!r}, **{function.keywords!r})"
+    named = function if hasattr(function, "__qualname__") else type(function)
+    return f"{named.__module__}.{named.__qualname__}"
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

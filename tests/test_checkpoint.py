@@ -145,6 +145,13 @@ def test_a_checkpoint_of_another_fit_is_refused_and_kept(tiny_llama, tmp_path, o
     assert _files(tmp_path) == saved
 
 
+def test_a_partial_loss_fits_with_checkpoints_and_its_arguments_tell_fits_apart(tiny_llama, tmp_path):
+    huber = functools.partial(torch.nn.functional.huber_loss, delta=1.0)
+    _fit(tiny_llama, tmp_path, huber, max_epochs=1)
+    with pytest.raises(ValueError, match=r"differs in loss\)"):
+        _fit(tiny_llama, tmp_path, functools.partial(torch.nn.functional.huber_loss, delta=2.0), max_epochs=1)
+
+
 def _flip_a_tensor_byte(checkpoint: Path) -> None:
     path = checkpoint / "tensors.safetensors"
     data = bytearray(path.read_bytes())

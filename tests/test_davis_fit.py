@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import davis_fit
+from chemtag import training
 
 
 @pytest.fixture
@@ -54,5 +55,25 @@ def test_a_killed_segment_counts_until_its_last_checkpoint(davis_slice, tmp_path
     (checkpoint_dir / "segments.json").write_text(json.dumps([killed]))
     last_checkpoint = max(path.stat().st_mtime for path in checkpoint_dir.glob("epoch-*"))
     closed = davis_fit.read_segments(checkpoint_dir)[0]
-    assert closed["killed"]
+    assert closed["killed"] and closed["last_epoch"] == 2
     assert closed["seconds"] == pytest.approx(last_checkpoint - killed["start_time"])
+
+
+def test_a_fit_stopped_by_ctrl_c_writes_no_result_and_the_next_run_resumes_it(davis_slice, tmp_path, monkeypatch):
+    steps = []
+
+    def ctrl_c_in_epoch_2(optimizer, lr, warmup_steps):  # 3 steps an epoch: the 5th is in epoch 2
+        steps.append(lr)
+        if len(steps) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "warm_up", ctrl_c_in_epoch_2)
+    stopped = run(davis_slice, tmp_path / "fit", "--out", str(tmp_path / "r.json"))
+    assert "test" not in stopped and not (tmp_path / "r.json").exists()
+    assert stopped["segments"][0]["interrupted"]
+    monkeypatch.undo()
+
+    resumed = run(davis_slice, tmp_path / "fit", "--out", str(tmp_path / "r.json"))
+    assert [segment["epochs"] for segment in resumed["segments"]] == [[0, 1], [2]]
+    assert [segment["resumed_after"] for segment in resumed["segments"]] == [None, 1]
+    assert not resumed["segments"][1]["interrupted"] and (tmp_path / "r.json").exists()

@@ -49,6 +49,7 @@ def test_presets_expose_their_defaults_as_parameters():
     params = QEDRegressor().get_params()
     assert params["domains"] == {"Drug": "SMILES"} and params["function_tag"] == "QED"
     assert QEDRegressor().set_params(lr=0.5).lr == 0.5
+    assert params["loss"] == "squared_error" and clone(QEDRegressor(loss="huber")).loss == "huber"
     with pytest.raises(TypeError, match="^QEDRegressor: got an unexpected keyword argument 'learning_rate'$"):
         QEDRegressor(learning_rate=0.1)
 

@@ -40,4 +40,5 @@ def derived_init(base: type, keyword_only: bool = True, **defaults):
             setattr(self, extra.name, values[extra.name])
 
     __init__.__signature__ = signature
+    __init__.__doc__ = base.__init__.__doc__
     return __init__

@@ -110,7 +110,7 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.loss not in REGRESSION_LOSSES:
+        if not isinstance(self.loss, str) or self.loss not in REGRESSION_LOSSES:
             raise ValueError(f"loss must be one of {tuple(REGRESSION_LOSSES)}, got {self.loss!r}.")
 
     @property
