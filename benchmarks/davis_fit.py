@@ -32,24 +32,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.metrics import METRICS
-from benchmarks.runner import machine
+from benchmarks.runner import evaluate, machine
 from benchmarks.splits import subsample
 from benchmarks.tasks import DATA_DIR, TASKS
 from chemtag import BindingAffinityRegressor
 from chemtag.backbones import DEFAULT_BACKBONE
+from chemtag.checkpoint import latest_checkpoint, saved_progress
 
 SEGMENTS_FILE = "segments.json"
-REPORTED = ("mse", "ci", "pearson", "spearman")
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> tuple[int, float, dict] | None:
-    """The newest checkpoint's epoch, modification time and ``checkpoint.json``, if there is one."""
-    folders = sorted(checkpoint_dir.glob("epoch-*"))  # zero-padded epoch numbers sort in order
-    if not folders:
+def last_saved(checkpoint_dir: Path) -> tuple[int, float, bool] | None:
+    """The newest checkpoint's epoch, modification time and whether its fit is complete, if there is one."""
+    folder = latest_checkpoint(checkpoint_dir)
+    if folder is None:
         return None
-    return int(folders[-1].name.split("-")[1]), folders[-1].stat().st_mtime, \
-        json.loads((folders[-1] / "checkpoint.json").read_text())
+    epoch, complete = saved_progress(folder)
+    return epoch, folder.stat().st_mtime, complete
 
 
 def read_segments(checkpoint_dir: Path) -> list[dict]:
@@ -58,7 +57,7 @@ def read_segments(checkpoint_dir: Path) -> list[dict]:
     after it was lost and is redone by the next segment, so it is not counted)."""
     path = checkpoint_dir / SEGMENTS_FILE
     segments = json.loads(path.read_text()) if path.is_file() else []
-    latest = latest_checkpoint(checkpoint_dir)
+    latest = last_saved(checkpoint_dir)
     for segment in segments:
         if segment["seconds"] is None:
             epoch, written, _ = latest or (segment.get("resumed_after"), segment["start_time"], None)
@@ -82,10 +81,6 @@ def commit() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").stdout else "")
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {name: METRICS[name](y_true, y_pred) for name in REPORTED}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(train):,} training pairs, {len(test):,} test pairs; segment {len(segments) + 1}", flush=True)
 
     started = time.perf_counter()
-    latest = latest_checkpoint(args.checkpoint_dir)
+    latest = last_saved(args.checkpoint_dir)
     segment = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "start_time": time.time(),
                "threads": torch.get_num_threads(), "commit": commit(), "resumed_after": latest and latest[0],
                "seconds": None}
@@ -135,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     fitted_at = time.perf_counter()
     resumed_after = -1 if segment["resumed_after"] is None else segment["resumed_after"]
     this_segment = [record for record in estimator.history_ if record["epoch"] > resumed_after]
-    complete = latest_checkpoint(args.checkpoint_dir)[2]["complete"]
+    complete = last_saved(args.checkpoint_dir)[2]
     segment |= {"seconds": fitted_at - started, "load_average_15min": os.getloadavg()[2],
                 "last_epoch": estimator.history_[-1]["epoch"], "interrupted": not complete,
                 "epochs": [record["epoch"] for record in this_segment],
@@ -147,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     predictions = estimator.predict(test[["Target", "Drug"]])
     predict_seconds = time.perf_counter() - fitted_at
+    scoring = task.scoring()
     epochs = [record for record in estimator.history_ if record["epoch"] > 0]  # epoch 0: the head's probe
     results = {
         "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -160,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_epoch_seconds": float(np.mean([record["seconds"] for record in epochs])) if epochs else None,
         "epoch_0_seconds": estimator.history_[0]["seconds"],
         "predict_seconds": predict_seconds,
-        "test": {"chemtag": scores(y_test, predictions),
-                 "mean": scores(y_test, np.full(len(y_test), y_train.mean()))},
+        "test": {"chemtag": evaluate(task, scoring, y_test, predictions),
+                 "mean": evaluate(task, scoring, y_test, np.full(len(y_test), y_train.mean()))},
     }
     print(json.dumps(results["test"], indent=1))
     if args.out:

@@ -117,10 +117,7 @@ class Checkpoint:
         return _state(load_file(tensors_path), metadata)
 
     def _latest(self) -> Path | None:
-        """The checkpoint folder of the highest epoch, if any."""
-        folders = {int(match[1]): path for path in self.folder.glob("epoch-*")
-                   if path.is_dir() and (match := _FOLDER_NAME.fullmatch(path.name))}
-        return folders[max(folders)] if folders else None
+        return latest_checkpoint(self.folder)
 
     def _remove_all_but(self, keep: Path) -> None:
         """Remove older checkpoints and temporary folders left by an interrupted write."""
@@ -128,6 +125,19 @@ class Checkpoint:
             ours = _FOLDER_NAME.fullmatch(path.name) or path.name.startswith(_PARTIAL_PREFIX)
             if ours and path.is_dir() and path != keep:
                 shutil.rmtree(path)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint folder of the highest epoch in ``folder``, if any."""
+    folders = {int(match[1]): path for path in Path(folder).glob("epoch-*")
+               if path.is_dir() and (match := _FOLDER_NAME.fullmatch(path.name))}
+    return folders[max(folders)] if folders else None
+
+
+def saved_progress(checkpoint: Path) -> tuple[int, bool]:
+    """The last epoch a checkpoint folder holds and whether its fit is complete (from its JSON only)."""
+    metadata = read_versioned_json(checkpoint / _JSON_FILE, "chemtag training checkpoint", FORMAT_VERSION)
+    return metadata["history"][-1]["epoch"], metadata["complete"]
 
 
 def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: Callable,

@@ -111,7 +111,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     best_loss, best_state, stale = math.inf, None, 0
     checkpoint = None
     if config.checkpoint_dir is not None:
-        checkpoint = Checkpoint(config.checkpoint_dir, fit_fingerprint(model, prompts, targets, loss_fn, config, first_epoch))
+        fingerprint = fit_fingerprint(model, prompts, targets, loss_fn, config, first_epoch)
+        checkpoint = Checkpoint(config.checkpoint_dir, fingerprint)
         restored = checkpoint.load()
         if restored is not None:
             _restore(restored, model, optimizer, rng)
