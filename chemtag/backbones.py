@@ -121,6 +121,7 @@ def load_backbone(
     """
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     device = torch.device(device)
+    check_device(device)
     key = (name_or_path, revision, dtype, device, trust_remote_code)
     with _LOCK:
         if key not in _LOADED:
@@ -130,6 +131,23 @@ def load_backbone(
             _ensure_pad_token(tokenizer)
             _LOADED[key] = Backbone(name_or_path, revision, model, tokenizer)
         return _LOADED[key]
+
+
+def check_device(device: torch.device | str) -> None:
+    """Raise a ``RuntimeError`` that says what to do when ``device`` is not on this machine (e.g. an
+    estimator fitted on a GPU, loaded where there is none)."""
+    device = torch.device(device)
+    if device.type in ("cpu", "meta"):
+        return
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is not None and accelerator.type == device.type and (
+            device.index is None or device.index < torch.accelerator.device_count()):
+        return
+    here = f"this machine's accelerator is {accelerator.type!r}" if accelerator else "this machine has no accelerator"
+    raise RuntimeError(
+        f"Device {str(device)!r} is not available: {here}. An estimator fitted on a GPU predicts on the CPU "
+        "after `set_params(device='cpu')` (its tags and head are stored on the CPU)."
+    )
 
 
 def _load_model_and_tokenizer(name_or_path: str, revision: str | None, trust_remote_code: bool):

@@ -36,6 +36,17 @@ def test_backbones_are_shared_per_name_and_dtype(fresh_backbones):
     assert load_backbone("tiny-gpt2") is not first
 
 
+def test_an_absent_device_is_refused_with_what_to_do(fresh_backbones):
+    absent_gpu = f"cuda:{torch.cuda.device_count()}"
+    here = (f"this machine's accelerator is {torch.accelerator.current_accelerator().type!r}"
+            if torch.accelerator.is_available() else "this machine has no accelerator")
+    with pytest.raises(RuntimeError) as error:
+        load_backbone("tiny-llama", device=absent_gpu)
+    assert str(error.value) == (
+        f"Device '{absent_gpu}' is not available: {here}. An estimator fitted on a GPU predicts on the CPU "
+        "after `set_params(device='cpu')` (its tags and head are stored on the CPU)."
+    )
+
 def test_fingerprint_identifies_the_model_not_its_dtype(tiny_llama, tiny_gpt2, fresh_backbones):
     fingerprint = tiny_llama.fingerprint
     assert set(fingerprint) == FINGERPRINT_KEYS

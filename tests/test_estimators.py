@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -128,6 +129,29 @@ def test_pickle_holds_no_backbone_weights_and_predicts_identically():
     assert len(payload) < 1_000_000
     np.testing.assert_array_equal(pickle.loads(payload).predict(SMILES), expected)
 
+
+def test_a_model_pickled_for_an_absent_gpu_says_how_to_predict_on_the_cpu():
+    model = QEDRegressor(**FAST).fit(SMILES, TARGETS)
+    expected = model.predict(SMILES)
+    absent_gpu = f"cuda:{torch.cuda.device_count()}"  # one past the last CUDA device: absent on any machine
+    loaded = pickle.loads(pickle.dumps(model.set_params(device=absent_gpu)))
+    with pytest.raises(RuntimeError, match=r"set_params\(device='cpu'\)"):
+        loaded.predict(SMILES)
+    np.testing.assert_array_equal(loaded.set_params(device="cpu").predict(SMILES), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_fitted_on_the_gpu_predicts_on_the_cpu_in_a_process_without_one(tmp_path):
+    model = QEDRegressor(**FAST, device="cuda").fit(SMILES, TARGETS)
+    joblib.dump(model, tmp_path / "model.joblib")
+    script = (
+        "import joblib, json; "
+        f"model = joblib.load({str(tmp_path / 'model.joblib')!r}).set_params(device='cpu'); "
+        f"print(json.dumps(model.predict({SMILES!r}).tolist()))"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout
+    np.testing.assert_allclose(np.array(json.loads(output)), model.predict(SMILES), atol=1e-4)
 
 def test_joblib_round_trip_in_a_fresh_process(tmp_path):
     model = QEDRegressor(**FAST).fit(SMILES, TARGETS)
