@@ -141,11 +141,11 @@ def saved_progress(checkpoint: Path) -> tuple[int, bool]:
 
 
 def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: Callable,
-                    config: TrainingConfig, first_epoch: int) -> dict:
+                    config: TrainingConfig, first_epoch: int, groups: np.ndarray | None = None) -> dict:
     """What a fit computes from, as JSON values and SHA-256 digests: the backbone, the starting model
     (tags, head, which tags train), the prompts' tokens, the targets, the loss (by name: see
-    :func:`_callable_name`), the training settings and the epoch it starts at (a warm start is another fit).
-    Equal for the same fit in any process."""
+    :func:`_callable_name`), the training settings, the epoch it starts at (a warm start is another fit)
+    and the rows' groups where given. Equal for the same fit in any process."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUN_SETTINGS}
     fingerprint = {
         "backbone": model.backbone.fingerprint,
@@ -166,6 +166,8 @@ def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.
         "training": settings,
         "first_epoch": first_epoch,
     }
+    if groups is not None:
+        fingerprint["groups"] = _digest({"groups": torch.from_numpy(np.asarray(groups, dtype=np.int64))})
     return json.loads(json.dumps(fingerprint))  # as read back from a file: tuples become lists
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,7 +49,8 @@ class LinearHead(nn.Module):
         return self.linear(self.features(hidden))
 
     @torch.no_grad()
-    def initialise(self, readouts: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction) -> float:
+    def initialise(self, readouts: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction,
+                   groups: np.ndarray | None = None) -> float:
         """Fit the head to fixed readouts: a linear probe that training then starts from.
 
         ``readouts`` ``(n, d)`` are the hidden states of the training rows before any tag update and
@@ -56,7 +58,8 @@ class LinearHead(nn.Module):
         spread (a feature that hardly varies is not blown up to the others' spread); the linear map
         minimises ``loss_fn`` plus an L2 penalty on its weight by L-BFGS, the penalty chosen from
         :data:`PENALTIES` by :data:`PROBE_FOLDS`-fold cross-validation over the rows (interleaved
-        folds), or :data:`DEFAULT_PENALTY` with fewer than two rows a fold. Returns the penalty.
+        folds; ``groups`` ``(n,)`` keeps copies of one input in one fold), or :data:`DEFAULT_PENALTY` with
+        fewer than two rows a fold. Returns the penalty.
         """
         normalised = self.norm(readouts.float())
         self.feature_mean.copy_(normalised.mean(dim=0))
@@ -64,15 +67,17 @@ class LinearHead(nn.Module):
         self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
         features = self.features(readouts.float())
         enough = len(features) >= 2 * PROBE_FOLDS
-        penalty = self._cross_validated_penalty(features, targets, loss_fn) if enough else DEFAULT_PENALTY
+        penalty = self._cross_validated_penalty(features, targets, loss_fn, groups) if enough else DEFAULT_PENALTY
         self._reset_linear()
         self._fit_linear(features, targets, loss_fn, penalty)
         return penalty
 
-    def _cross_validated_penalty(self, features: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction) -> float:
+    def _cross_validated_penalty(self, features: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction,
+                                 groups: np.ndarray | None) -> float:
         """The penalty of least summed held-out loss over the folds; each fold's fits run strongest first,
         each starting from the previous one's solution."""
-        fold = torch.arange(len(features), device=features.device) % PROBE_FOLDS
+        order = np.arange(len(features)) if groups is None else np.unique(groups, return_inverse=True)[1]
+        fold = torch.from_numpy(order % PROBE_FOLDS).to(features.device)
         held_out_loss = [0.0] * len(PENALTIES)
         for k in range(PROBE_FOLDS):
             fitted, held = fold != k, fold == k

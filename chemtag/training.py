@@ -81,10 +81,12 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: LossFunction,
           config: TrainingConfig, history: list[dict] | None = None,
-          processes: Processes = ONE_PROCESS) -> list[dict]:
+          processes: Processes = ONE_PROCESS, groups: np.ndarray | None = None) -> list[dict]:
     """Train the model's trainable tags and head in place; return the history (one dict per epoch).
 
-    ``targets`` ``(n, ...)`` are aligned with ``prompts``. Interrupting with Ctrl-C keeps the best
+    ``targets`` ``(n, ...)`` are aligned with ``prompts``. ``groups`` ``(n,)``, where given, marks prompts
+    that are copies of one input (e.g. both orders of a drug pair): a group's prompts stay together, all
+    in training or all in validation, and in one fold of the head probe's cross-validation. Interrupting with Ctrl-C keeps the best
     weights so far. Passing an earlier ``history`` continues its epoch count (warm start). With
     ``config.checkpoint_dir`` a killed fit can be resumed by calling ``train`` again with the same
     arguments.
@@ -104,14 +106,14 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     first_epoch = history[-1]["epoch"] + 1 if history else 1
     last_epoch = first_epoch + config.max_epochs - 1
     rng = np.random.default_rng(config.random_state)
-    train_rows, valid_rows = validation_split(len(prompts), config.validation_fraction, rng)
+    train_rows, valid_rows = validation_split(len(prompts), config.validation_fraction, rng, groups)
     torch_rng = torch.Generator().manual_seed(int(rng.integers(2**31))).get_state()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     best_loss, best_state, stale = math.inf, None, 0
     checkpoint = None
     if config.checkpoint_dir is not None:
-        fingerprint = fit_fingerprint(model, prompts, targets, loss_fn, config, first_epoch)
+        fingerprint = fit_fingerprint(model, prompts, targets, loss_fn, config, first_epoch, groups)
         checkpoint = Checkpoint(config.checkpoint_dir, fingerprint)
         restored = checkpoint.load()
         if restored is not None:
@@ -140,7 +142,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
 
     if config.initialise_head and not history and hasattr(model.head, "initialise"):
         record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
-                                  processes)
+                                  processes, groups)
         history.append(record)
         if record["best"]:
             best_loss, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
@@ -219,11 +221,12 @@ def _keep_best(model: TaggedModel, best_state: dict[str, torch.Tensor] | None) -
 
 
 def probe_epoch(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Tensor, train_rows: np.ndarray,
-                valid_rows: np.ndarray, loss_fn: LossFunction) -> dict:
+                valid_rows: np.ndarray, loss_fn: LossFunction, groups: np.ndarray | None = None) -> dict:
     """Epoch 0: fit ``head`` to fixed ``readouts`` ``(len(train_rows) + len(valid_rows), d)`` (training rows
-    first) with its ``initialise``; the history record of its training (and validation) loss."""
+    first) with its ``initialise`` (``groups`` of all rows: see :func:`train`); the history record of its
+    training (and validation) loss."""
     train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
-    head.initialise(train_readouts, targets[train_rows], loss_fn)
+    head.initialise(train_readouts, targets[train_rows], loss_fn, None if groups is None else groups[train_rows])
     with torch.no_grad():
         record = {"epoch": 0, "train_loss": loss_fn(head(train_readouts), targets[train_rows]).item()}
         if len(valid_rows):
@@ -233,13 +236,13 @@ def probe_epoch(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Te
 
 def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
-                     config: TrainingConfig, processes: Processes) -> dict:
+                     config: TrainingConfig, processes: Processes, groups: np.ndarray | None) -> dict:
     """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's
     record, the best so far where validation rows score it. All ``processes`` fit to the same readouts."""
     started = time.perf_counter()
     readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
                         config.bf16, readouts_only=True, processes=processes)
-    record = probe_epoch(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn)
+    record = probe_epoch(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn, groups)
     # Only held-out rows can rank the probe against trained epochs: its own training loss is a fit's optimum.
     record.update(best=bool(len(valid_rows)), seconds=time.perf_counter() - started)
     if config.verbose > 0:
@@ -268,16 +271,23 @@ def _batcher(model: TaggedModel, prompts: EncodedPrompts, cache: PrefixCache | N
     return lambda rows: Batch.collate(prompts, rows, pad_id, device)
 
 
-def validation_split(n: int, validation_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted training and validation row indices of ``n`` rows, ``validation_fraction`` of them held out."""
-    rows = rng.permutation(n)
-    n_valid = int(round(n * validation_fraction)) if validation_fraction else 0
-    if validation_fraction and (n_valid < 1 or n_valid >= n):
+def validation_split(n: int, validation_fraction: float, rng: np.random.Generator,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted training and validation row indices of ``n`` rows, ``validation_fraction`` of them held out;
+    with ``groups`` ``(n,)``, that fraction of the groups, each group's rows on one side."""
+    names, group_of_row = np.unique(groups, return_inverse=True) if groups is not None else (np.arange(n), None)
+    drawn = rng.permutation(len(names))
+    n_valid = int(round(len(names) * validation_fraction)) if validation_fraction else 0
+    if validation_fraction and (n_valid < 1 or n_valid >= len(names)):
+        what = f"{len(names)} groups of rows" if groups is not None else f"{n} rows"
         raise ValueError(
             f"validation_fraction={validation_fraction} leaves no rows for training or validation with "
-            f"{n} rows; use more rows or validation_fraction=0."
+            f"{what}; use more rows or validation_fraction=0."
         )
-    return np.sort(rows[n_valid:]), np.sort(rows[:n_valid])
+    if group_of_row is None:
+        return np.sort(drawn[n_valid:]), np.sort(drawn[:n_valid])
+    held_out = np.isin(group_of_row, drawn[:n_valid])
+    return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
 
 def _describe(record: dict) -> str:

@@ -64,11 +64,12 @@ class InterruptingLoss:
 
 
 def _fit(backbone, checkpoint_dir: Path | None = None, loss: LossFunction = mse, targets_seed: int = 0,
-         **settings) -> tuple[TaggedModel, list[dict]]:
+         groups: np.ndarray | None = None, **settings) -> tuple[TaggedModel, list[dict]]:
     """The fit every test repeats, 4 epochs after epoch 0 unless ``settings`` say otherwise."""
     model = _model(backbone, head=LinearHead(backbone.hidden_size, 1))
     config = _config(**{"max_epochs": 4, "patience": 4, **settings}, checkpoint_dir=checkpoint_dir)
-    history = train(model, _prompts(model, _strings(ROWS, seed=3)), _noise(ROWS, targets_seed), loss, config)
+    history = train(model, _prompts(model, _strings(ROWS, seed=3)), _noise(ROWS, targets_seed), loss, config,
+                    groups=groups)
     return model, history
 
 
@@ -134,6 +135,7 @@ def test_an_early_stopped_fit_is_complete_too(tiny_llama, tmp_path):
     (dict(lr=0.5), "training.lr"),
     (dict(max_epochs=2), "training.max_epochs"),
     (dict(loss=torch.nn.functional.l1_loss), "loss"),
+    (dict(groups=np.arange(ROWS) // 2), "groups"),
 ])
 def test_a_checkpoint_of_another_fit_is_refused_and_kept(tiny_llama, tmp_path, other, difference):
     _fit(tiny_llama, tmp_path, max_epochs=1)

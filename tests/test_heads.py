@@ -57,6 +57,16 @@ def test_cross_validation_chooses_a_strong_penalty_for_noise_and_a_weak_one_for_
     assert chosen_for_noise >= 1.0 and chosen_for_signal <= 1e-3
 
 
+def test_copies_of_a_row_share_a_fold_so_that_memorising_noise_is_not_rewarded():
+    generator = torch.Generator().manual_seed(1)
+    readouts, noise = torch.randn(28, D, generator=generator), torch.randn(28, 1, generator=generator)
+    copies, copied_noise, rows = readouts.repeat(2, 1), noise.repeat(2, 1), torch.arange(28).repeat(2).numpy()
+    chosen_without_copies = LinearHead(D, 1).initialise(readouts, noise, mse)
+    assert chosen_without_copies > min(PENALTIES)
+    # each row's copy sits in another fold: the weakest penalty predicts it best
+    assert LinearHead(D, 1).initialise(copies, copied_noise, mse) == min(PENALTIES)
+    assert LinearHead(D, 1).initialise(copies, copied_noise, mse, groups=rows) == chosen_without_copies
+
 def test_with_fewer_than_two_rows_a_fold_the_default_penalty_is_used():
     readouts, signal = _readouts(2 * PROBE_FOLDS - 1, seed=4)
     assert LinearHead(D, 1).initialise(readouts, signal[:, :1], mse) == DEFAULT_PENALTY

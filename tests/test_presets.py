@@ -70,18 +70,18 @@ def test_drug_combo_average_is_symmetric_in_the_drug_pair():
     assert not np.allclose(as_given.predict(oneil), as_given.predict(swapped))
 
 
-def test_drug_combo_augment_trains_on_both_orders(monkeypatch):
+def test_drug_combo_augment_trains_on_both_orders_of_each_pair_as_one_group(monkeypatch):
     oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=10)
     seen, original_train = [], estimator_base.train
 
-    def recording_train(model, prompts, *args, **kwargs):
-        seen.append(len(prompts))
-        return original_train(model, prompts, *args, **kwargs)
+    def recording_train(model, prompts, *args, groups=None, **kwargs):
+        seen.append((len(prompts), None if groups is None else groups.tolist()))
+        return original_train(model, prompts, *args, groups=groups, **kwargs)
 
     monkeypatch.setattr(estimator_base, "train", recording_train)
     DrugComboRegressor(pair_order="augment", **FAST).fit(oneil, oneil["Y"])
     DrugComboRegressor(pair_order="average", **FAST).fit(oneil, oneil["Y"])
-    assert seen == [20, 10]
+    assert seen == [(20, list(range(10)) * 2), (10, None)]
 
 
 def test_drug_combo_refuses_an_unknown_pair_order():

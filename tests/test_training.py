@@ -11,7 +11,7 @@ from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
-from chemtag.training import TrainingConfig, warm_up, length_bucketed_batches, predict, train
+from chemtag.training import TrainingConfig, length_bucketed_batches, predict, train, validation_split, warm_up
 
 P = 4
 TEMPLATE = "Input: The text is <Text> {text}. Output: The count is <Count>"
@@ -200,6 +200,16 @@ def test_too_few_rows_for_a_validation_split_is_explained(tiny_llama):
     with pytest.raises(ValueError, match="validation_fraction"):
         train(model, _prompts(model, ["CO", "OC"]), _noise(2), mse, _config(validation_fraction=0.1))
 
+
+def test_the_validation_split_holds_out_a_fraction_of_the_rows_or_of_their_groups():
+    train_rows, valid_rows = validation_split(20, 0.25, np.random.default_rng(0))
+    assert len(valid_rows) == 5 and sorted([*train_rows, *valid_rows]) == list(range(20))
+    pairs = np.tile(np.arange(10), 2)  # rows i and i + 10 are copies of one input
+    train_rows, valid_rows = validation_split(20, 0.2, np.random.default_rng(0), groups=pairs)
+    assert sorted([*train_rows, *valid_rows]) == list(range(20))
+    assert len(set(pairs[valid_rows])) == 2 and not set(pairs[valid_rows]) & set(pairs[train_rows])
+    with pytest.raises(ValueError, match="with 10 groups of rows"):
+        validation_split(20, 0.01, np.random.default_rng(0), groups=pairs)
 
 def test_length_buckets_partition_rows_into_batches_of_neighbouring_lengths():
     rng = np.random.default_rng(0)

@@ -197,7 +197,7 @@ class TagLLMEstimator(BaseEstimator):
         if invalid.any():
             warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=3)
             values = {field: [v[i] for i in keep] for field, v in values.items()}
-        values, targets = self._augment(values, targets)
+        values, targets, groups = self._augment(values, targets)
         if not warm:
             self._record_input_shape(X, frame)
             self.fields_ = dict(fields)
@@ -209,7 +209,7 @@ class TagLLMEstimator(BaseEstimator):
         self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
         config = self._training_config(len(targets))
         self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
-                              history=self.history_ if warm else None, processes=processes)
+                              history=self.history_ if warm else None, processes=processes, groups=groups)
         self._store_fitted(model, backbone)
         return self
 
@@ -268,9 +268,11 @@ class TagLLMEstimator(BaseEstimator):
             return 0.0
         return self.validation_fraction
 
-    def _augment(self, values: dict[str, list[str]], targets: np.ndarray) -> tuple[dict[str, list[str]], np.ndarray]:
-        """Training rows derived from the validated ones; presets may add rows (e.g. both drug orders)."""
-        return values, targets
+    def _augment(self, values: dict[str, list[str]], targets: np.ndarray
+                 ) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray | None]:
+        """Training rows derived from the validated ones, their targets and, where presets add copies of a
+        row (e.g. both drug orders), each row's group: the index of the row it was made from."""
+        return values, targets, None
 
     def _declared_fields(self) -> list[str] | None:
         """Field names in order when the user declared them (used to name array columns)."""

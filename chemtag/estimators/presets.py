@@ -56,7 +56,8 @@ class DrugComboRegressor(TagLLMRegressor):
     """Two drug SMILES and a cell line -> synergy. Columns ``Drug1``, ``Drug2``, ``Cell_Line_ID`` (TDC).
 
     The cell line is written as text. The drug pair is unordered: ``pair_order="average"`` predicts
-    the mean over both orders, ``"augment"`` also trains on both orders, ``"as_given"`` uses the
+    the mean over both orders, ``"augment"`` also trains on both orders (kept together on one side of
+    the validation split and in one fold of the probe's cross-validation), ``"as_given"`` uses the
     order of the columns.
 
     ``cell_line_features``: optional DataFrame of numeric features per cell line, ``(n_cell_lines,
@@ -86,9 +87,10 @@ class DrugComboRegressor(TagLLMRegressor):
 
     def _augment(self, values: dict[str, list[str]], targets: np.ndarray):
         if self.pair_order != "augment":
-            return values, targets
+            return values, targets, None
         swapped = values | {"Drug1": values["Drug2"], "Drug2": values["Drug1"]}
-        return {k: values[k] + swapped[k] for k in values}, np.concatenate([targets, targets])
+        pairs = np.arange(len(targets))
+        return {k: values[k] + swapped[k] for k in values}, np.concatenate([targets, targets]), np.tile(pairs, 2)
 
     def predict(self, X) -> np.ndarray:
         """Predicted synergy ``(n,)``; with ``pair_order`` "average" or "augment" the mean of both drug orders."""

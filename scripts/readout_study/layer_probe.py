@@ -1,0 +1,101 @@
+"""Which layer's hidden state at the function-tag readout holds the most signal? Ridge probes per layer.
+
+The estimator reads the *final* hidden state at its last function-tag vector. This study takes the
+hidden state of every layer at that position (untrained function tag, shipped domain tags, the
+preset's template, bf16 through the prefix cache as a fit computes it) for a benchmark task's
+seeded train/test subsample, fits a ridge probe per layer (features standardised on the training rows,
+penalty by leave-one-out over ``ALPHAS``) and prints each layer's test MSE beside the mean predictor's.
+
+    PYTHONPATH=. .venv/bin/python scripts/readout_study/layer_probe.py --task qed --n-train 2500 --n-test 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from benchmarks.splits import subsample
+from benchmarks.tasks import DATA_DIR, TASKS
+from chemtag.templates import Template
+from chemtag.training import predict
+
+ALPHAS = np.logspace(-2, 5, 15)
+
+
+def read_every_layer(model) -> None:
+    """Make ``model.readout_states`` return every decoder layer's output at each prompt's readout,
+    ``(B, layers * d)``, the last layer's after the final norm (as the estimator reads it)."""
+    outputs: list[torch.Tensor] = []
+    reading = [False]  # the prefix cache's passes run the same layers: keep only the readout pass's outputs
+
+    def keep(module, args, output) -> None:
+        if reading[0]:
+            outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    for layer in model.backbone.model.base_model.layers:
+        layer.register_forward_hook(keep)
+    final_readout = model.readout_states
+
+    def readout_states(batch) -> torch.Tensor:
+        outputs.clear()
+        reading[0] = True
+        try:
+            final = final_readout(batch)
+        finally:
+            reading[0] = False
+        rows = torch.arange(len(batch.readout), device=final.device)
+        return torch.cat([hidden[rows, batch.readout].float() for hidden in outputs[:-1]] + [final], dim=1)
+
+    model.readout_states = readout_states
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="qed")
+    parser.add_argument("--n-train", type=int, default=2500)
+    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    task = TASKS[args.task]
+    frame = task.read(DATA_DIR)
+    split = subsample(task.split(frame, 0, args.seed), args.n_train, args.n_test, args.seed)
+    rows = np.concatenate([split.train, split.test])
+    X = frame.iloc[rows][list(task.inputs)].reset_index(drop=True)
+    y = np.asarray(task.label(frame.iloc[rows]), dtype=float)
+    estimator = task.estimator(protein_alphabet="extended")
+    fields = estimator._fields(X)
+    estimator.fields_, estimator.template_ = fields, estimator.template
+    backbone = estimator._backbone()
+    template = Template.parse(estimator.template_)
+    model = estimator._new_model(backbone, template, features=None)
+    model.head = nn.Identity()
+    read_every_layer(model)
+    prompts = estimator._encoder(template, model).encode({column: list(X[column]) for column in fields})
+    started = time.perf_counter()
+    features = predict(model, prompts, batch_size=32, bf16=True, verbose=1).numpy()
+    print(f"readouts of {len(X):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+
+    n_train, d = len(split.train), backbone.hidden_size
+    train, test = slice(0, n_train), slice(n_train, None)
+    mean_mse = np.mean((y[test] - y[train].mean()) ** 2)
+    print(f"{args.task}, {n_train:,} train / {len(split.test):,} test, seed {args.seed}; mean predictor MSE {mean_mse:.5g}")
+    print("| layer | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
+    for layer in range(features.shape[1] // d):  # 0: the first decoder layer's output
+        layer_features = features[:, layer * d:(layer + 1) * d]
+        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(layer_features[train], y[train])
+        mse = np.mean((probe.predict(layer_features[test]) - y[test]) ** 2)
+        print(f"| {layer} | {mse:.5g} | {mse / mean_mse:.3f} | {probe[-1].alpha_:.3g} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
