@@ -104,6 +104,31 @@ def test_classifier_predicts_seen_labels_and_probabilities():
     assert set(model.predict(pd.DataFrame({"Drug": SMILES}))) <= {"big", "small"}
 
 
+def test_a_refit_that_fails_leaves_the_earlier_fit_as_it_was():
+    model = QEDRegressor(**FAST).fit(SMILES, TARGETS)
+    expected, fitted = model.predict(SMILES), {k: v for k, v in vars(model).items() if k.endswith("_")}
+    absent_gpu = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(RuntimeError, match="is not available"):  # after y was standardised anew
+        model.set_params(device=absent_gpu).fit(SMILES[:6], TARGETS[:6] * 100)
+    assert {k: v for k, v in vars(model).items() if k.endswith("_")} == fitted
+    np.testing.assert_array_equal(model.set_params(device="cpu").predict(SMILES), expected)
+
+    labels = np.array(["small", "big"] * 6)
+    classifier = TagLLMClassifier({"Drug": "SMILES"}, "Size", **FAST).fit(pd.DataFrame({"Drug": SMILES}), labels)
+    with pytest.raises(ValueError, match="longer than the limit"):
+        classifier.set_params(max_length=3).fit(pd.DataFrame({"Drug": SMILES}), np.array(["a", "b", "c"] * 4))
+    assert list(classifier.classes_) == ["big", "small"]
+    assert classifier.set_params(max_length=None).predict_proba(pd.DataFrame({"Drug": SMILES})).shape == (12, 2)
+
+
+def test_set_params_rebuilds_the_model_from_the_fitted_tags():
+    pairs = pd.DataFrame({"A": SMILES, "B": SMILES[::-1]})
+    model = TagLLMRegressor({"A": "SMILES", "B": "SMILES"}, "Y", isolate_segments=True, **FAST).fit(pairs, TARGETS)
+    isolated = model.predict(pairs)
+    attending = model.set_params(isolate_segments=False).predict(pairs)  # B's tokens now see A's
+    assert not np.allclose(isolated, attending)
+    np.testing.assert_array_equal(model.set_params(isolate_segments=True).predict(pairs), isolated)
+
 def test_pipeline_and_cross_val_score_in_parallel():
     pipeline = Pipeline([
         ("strip", FunctionTransformer(lambda frame: frame.apply(lambda column: column.str.strip()))),

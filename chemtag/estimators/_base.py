@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import warnings
@@ -116,6 +117,23 @@ class TagLLMEstimator(BaseEstimator):
         state.pop("_model", None)  # holds the shared backbone; rebuilt from tags_ and head_ on demand
         return state
 
+    def set_params(self, **params):
+        self.__dict__.pop("_model", None)  # parameters such as isolate_segments shape the model built from tags_
+        return super().set_params(**params)
+
+    @contextlib.contextmanager
+    def _unchanged_if_failed(self):
+        """Run a fit: if it raises (bad input, a missing device, a refused checkpoint, ...), the estimator
+        is left as it was, an earlier fit intact, rather than half refitted."""
+        before = self.__dict__.copy()
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            self.__dict__.pop("_model", None)  # a warm start may have trained it partly; rebuilt from tags_
+            raise
+
     def save(self, folder: str | Path) -> Path:
         """Write the fitted estimator as safetensors + JSON into ``folder`` (no backbone weights, no pickle)."""
         from chemtag.persistence import save_estimator
@@ -177,41 +195,44 @@ class TagLLMEstimator(BaseEstimator):
 
     def _fit(self, X, y, processes: Processes):
         """:meth:`fit`, run data-parallel by every one of ``processes`` alike (see :func:`~chemtag.training.train`)."""
-        self._check_params()
-        warm = self.warm_start and hasattr(self, "tags_")
-        features = None if warm else self._feature_table()
-        frame = as_frame(X, self._declared_fields())
-        fields = self._fields(frame)
-        source = self.template_ if warm else self._with_feature_slot(self.template or self._default_template(fields))
-        template = Template.parse(source)
-        if not warm:
-            self._check_feature_slots(template, features)
-        feature_ids = getattr(self, "feature_ids_", None) if warm else getattr(features, "ids", None)
-        allowed = self._allowed(template, feature_ids)
-        values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet, self.on_invalid,
-                                      allowed)
-        if invalid.all():  # nothing left to train on: raise the message that names the rows
-            read_fields(frame, fields, self._columns(frame), self.protein_alphabet, "raise", allowed)
-        keep = np.flatnonzero(~invalid)
-        targets = self._encode_targets(y, len(frame), keep)
-        if invalid.any():
-            warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.", stacklevel=3)
-            values = {field: [v[i] for i in keep] for field, v in values.items()}
-        values, targets, groups = self._augment(values, targets)
-        if not warm:
-            self._record_input_shape(X, frame)
-            self.fields_ = dict(fields)
-            self.template_ = source
-        backbone = self._backbone()
-        self._check_template(template)
-        model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template, features)
-        prompts = self._encoder(template, model).encode(values)
-        self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
-        config = self._training_config(len(targets))
-        self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
-                              history=self.history_ if warm else None, processes=processes, groups=groups)
-        self._store_fitted(model, backbone)
-        return self
+        with self._unchanged_if_failed():
+            self._check_params()
+            warm = self.warm_start and hasattr(self, "tags_")
+            features = None if warm else self._feature_table()
+            frame = as_frame(X, self._declared_fields())
+            fields = self._fields(frame)
+            source = (self.template_ if warm
+                      else self._with_feature_slot(self.template or self._default_template(fields)))
+            template = Template.parse(source)
+            if not warm:
+                self._check_feature_slots(template, features)
+            feature_ids = getattr(self, "feature_ids_", None) if warm else getattr(features, "ids", None)
+            allowed = self._allowed(template, feature_ids)
+            values, invalid = read_fields(frame, fields, self._columns(frame), self.protein_alphabet, self.on_invalid,
+                                          allowed)
+            if invalid.all():  # nothing left to train on: raise the message that names the rows
+                read_fields(frame, fields, self._columns(frame), self.protein_alphabet, "raise", allowed)
+            keep = np.flatnonzero(~invalid)
+            targets = self._encode_targets(y, len(frame), keep)
+            if invalid.any():
+                warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.",
+                              stacklevel=3)
+                values = {field: [v[i] for i in keep] for field, v in values.items()}
+            values, targets, groups = self._augment(values, targets)
+            if not warm:
+                self._record_input_shape(X, frame)
+                self.fields_ = dict(fields)
+                self.template_ = source
+            backbone = self._backbone()
+            self._check_template(template)
+            model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template, features)
+            prompts = self._encoder(template, model).encode(values)
+            self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
+            config = self._training_config(len(targets))
+            self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
+                                  history=self.history_ if warm else None, processes=processes, groups=groups)
+            self._store_fitted(model, backbone)
+            return self
 
     def _predict_outputs(self, X) -> np.ndarray:
         """Head outputs ``(n, k)`` for ``X``; rows with invalid input (``on_invalid="nan"``) are NaN."""

@@ -76,24 +76,28 @@ class TagLLMGenerator(TagLLMEstimator):
         return self._fit(X, y, ONE_PROCESS)
 
     def _fit(self, X, y, processes: Processes):
-        self._check_params()
-        warm = self.warm_start and hasattr(self, "tags_")
-        rows = self._read_rows(X, fitting=True)
-        texts = self._read_targets(y, rows.outputs)
-        keep = np.flatnonzero(~rows.invalid)
-        if rows.invalid.any():
-            warnings.warn(f"Dropping {rows.invalid.sum()} of {len(texts)} rows with invalid input before fitting.",
-                          stacklevel=3)
-        rows, texts = rows.subset(keep), [texts[i] for i in keep]
-        backbone = self._backbone()
-        model = self._model_from_fitted(backbone) if warm else self._new_generator(backbone, rows)
-        prompts = append_targets(self._encode(model, rows), backbone.tokenizer, texts)
-        self._check_lengths(prompts.lengths, backbone, keep)
-        config = self._training_config(len(prompts))
-        self.history_ = train(model, prompts, torch.zeros(len(prompts)), target_loss, config,
-                              history=self.history_ if warm else None, processes=processes)
-        self._store_fitted(model, backbone)
-        return self
+        with self._unchanged_if_failed():
+            self._check_params()
+            warm = self.warm_start and hasattr(self, "tags_")
+            rows = self._read_rows(X, fitting=True)
+            texts = self._read_targets(y, rows.outputs)
+            keep = np.flatnonzero(~rows.invalid)
+            if not len(keep):
+                raise ValueError(f"All {len(texts)} rows have invalid input: nothing is left to train on "
+                                 f"(on_invalid={self.on_invalid!r} drops them).")
+            if rows.invalid.any():
+                warnings.warn(f"Dropping {rows.invalid.sum()} of {len(texts)} rows with invalid input before fitting.",
+                              stacklevel=3)
+            rows, texts = rows.subset(keep), [texts[i] for i in keep]
+            backbone = self._backbone()
+            model = self._model_from_fitted(backbone) if warm else self._new_generator(backbone, rows)
+            prompts = append_targets(self._encode(model, rows), backbone.tokenizer, texts)
+            self._check_lengths(prompts.lengths, backbone, keep)
+            config = self._training_config(len(prompts))
+            self.history_ = train(model, prompts, torch.zeros(len(prompts)), target_loss, config,
+                                  history=self.history_ if warm else None, processes=processes)
+            self._store_fitted(model, backbone)
+            return self
 
     def predict(self, X) -> list[str | None]:
         """The generated text of each row; ``None`` for rows with invalid input (``on_invalid="nan"``)."""
