@@ -227,6 +227,33 @@ def test_arrays_of_strings_are_read_in_field_order():
         model.predict(np.array([["CCO", "CCN"]]))
 
 
+def test_array_columns_follow_the_template_s_fields_whatever_the_order_of_domains():
+    model = TagLLMRegressor({"Solvent": "Text", "Drug": "SMILES"}, template="<SMILES> {Drug} in {Solvent} <Y>", **FAST)
+    rows = np.array([[smiles, "water"] for smiles in SMILES])
+    expected = model.fit(rows, TARGETS).predict(rows)
+    assert model.template_ == "<SMILES> {Drug} in {Solvent} <Y>"
+    table = pd.DataFrame({"Solvent": ["water"] * len(SMILES), "Drug": SMILES})
+    np.testing.assert_array_equal(model.predict(table), expected)
+
+
+def test_a_misspelt_field_in_domains_is_refused_rather_than_read_as_text():
+    model = TagLLMRegressor({"drug": "SMILES"}, template="Input: <SMILES> {Drug}. Output: <QED>", **FAST)
+    with pytest.raises(ValueError) as error:
+        model.fit(pd.DataFrame({"Drug": SMILES}), TARGETS)
+    assert str(error.value) == ("domains names fields ['drug'] that the template does not have, and the template's "
+                                "fields ['Drug'] have no domain (they would be read as text).")
+
+
+def test_the_function_tag_is_the_template_s_last_tag():
+    assert TagLLMRegressor({"Drug": "SMILES"}, **FAST).fit(SMILES, TARGETS).template_.endswith("Output: <Output>")
+    model = TagLLMRegressor({"Drug": "SMILES"}, template="Input: <SMILES> {Drug}. Output: <QED>", **FAST)
+    assert list(model.fit(SMILES, TARGETS).tags_) == ["SMILES", "QED"]
+    with pytest.raises(ValueError) as error:
+        QEDRegressor(function_tag="LogP", **FAST).fit(SMILES, TARGETS)
+    assert str(error.value) == ("function_tag is 'LogP' but the template's function tag (its last tag) is <QED>; "
+                                "make them agree or leave function_tag=None.")
+
+
 def test_prompts_longer_than_max_length_are_refused_with_their_rows():
     model = QEDRegressor(max_length=50, **FAST)
     with pytest.raises(ValueError, match=r"1 prompts are longer than the limit of 50 tokens: rows 1 \("):

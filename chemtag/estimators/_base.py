@@ -30,6 +30,8 @@ from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
 from chemtag.training import TrainingConfig, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
 
+DEFAULT_FUNCTION_TAG = "Output"  # the default template's, where function_tag is None
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,7 @@ class TagLLMEstimator(BaseEstimator):
     def __init__(
         self,
         domains: Mapping[str, str] | None = None,
-        function_tag: str = "Output",
+        function_tag: str | None = None,
         template: str | None = None,
         columns: Mapping[str, str] | None = None,
         *,
@@ -223,8 +225,8 @@ class TagLLMEstimator(BaseEstimator):
                 self._record_input_shape(X, frame)
                 self.fields_ = dict(fields)
                 self.template_ = source
-            backbone = self._backbone()
             self._check_template(template)
+            backbone = self._backbone()
             model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template, features)
             prompts = self._encoder(template, model).encode(values)
             self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
@@ -296,11 +298,12 @@ class TagLLMEstimator(BaseEstimator):
         return values, targets, None
 
     def _declared_fields(self) -> list[str] | None:
-        """Field names in order when the user declared them (used to name array columns)."""
-        if self.domains:
-            return list(self.domains)
+        """Field names in order when the user declared them (used to name array columns): the template's
+        fields in its order, else the keys of ``domains``."""
         if self.template:
             return list(Template.parse(self._with_feature_slot(self.template)).fields)
+        if self.domains:
+            return list(self.domains)
         return None
 
     def _fields(self, frame) -> dict[str, str]:
@@ -313,6 +316,11 @@ class TagLLMEstimator(BaseEstimator):
             get_domain(domain)  # unknown domains fail here, before any compute
         if self.template:
             template_fields = Template.parse(self._with_feature_slot(self.template)).fields
+            unknown = [field for field in fields if field not in template_fields] if self.domains else []
+            unmapped = [field for field in template_fields if field not in fields]
+            if unknown and unmapped:  # e.g. a misspelt field, whose input would silently be read as text
+                raise ValueError(f"domains names fields {unknown} that the template does not have, and the template's "
+                                 f"fields {unmapped} have no domain (they would be read as text).")
             fields = {field: fields.get(field, "Text") for field in template_fields}
         return fields
 
@@ -356,9 +364,12 @@ class TagLLMEstimator(BaseEstimator):
         for field, domain_name in fields.items():
             tag = get_domain(domain_name).tag
             parts.append(f"{field}: <{tag}> {{{field}}}." if tag else f"{field}: {{{field}}}.")
-        return "Input: " + " ".join(parts) + f" Output: <{self.function_tag}>"
+        return "Input: " + " ".join(parts) + f" Output: <{self.function_tag or DEFAULT_FUNCTION_TAG}>"
 
     def _check_template(self, template: Template) -> None:
+        if self.function_tag is not None and self.function_tag != template.function_tag:
+            raise ValueError(f"function_tag is {self.function_tag!r} but the template's function tag (its last tag) is "
+                             f"<{template.function_tag}>; make them agree or leave function_tag=None.")
         for field, tag in template.domain_tags.items():
             domain = self.fields_.get(field)
             expected = get_domain(domain).tag if domain else None

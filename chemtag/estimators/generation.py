@@ -146,7 +146,8 @@ class TagLLMGenerator(TagLLMEstimator):
     def _default_template(self, fields) -> str:
         template = super()._default_template(fields)
         tag = get_domain(self.output_domain).tag
-        return template[:-len(f"<{self.function_tag}>")] + f"<{tag}> <{self.function_tag}>" if tag else template
+        function_tag = Template.parse(template).function_tag
+        return template[:-len(f"<{function_tag}>")] + f"<{tag}> <{function_tag}>" if tag else template
 
     def _read_rows(self, X, fitting: bool) -> _Rows:
         """Rows of ``X`` through the template; a first fit records the columns, fields and template."""

@@ -25,11 +25,15 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     domains : dict, optional
         Input column -> domain: ``"SMILES"``, ``"Protein"`` or ``"Text"`` (written as is, no tag).
         By default every column is text.
-    function_tag : str
-        Name of the task's function tag, e.g. ``"BA"`` writes ``<BA>`` at the end of the prompt.
+    function_tag : str, optional
+        Name of the task's function tag, e.g. ``"BA"`` writes ``<BA>`` at the end of the prompt; by default
+        the template's last tag, or ``"Output"`` without a template. Given with a template, it must be
+        the template's last tag.
     template : str, optional
         The prompt, e.g. ``"Input: The SMILES is <SMILES> {Drug}. Output: The QED is <QED>"``.
-        Fields in braces name columns; by default one ``"column: <Domain> {column}."`` per column.
+        Fields in braces name columns; by default one ``"column: <Domain> {column}."`` per column. Template
+        fields that ``domains`` does not name are text (a ``domains`` key the template lacks while some of
+        its fields have no domain is refused as a likely misspelling).
     columns : dict, optional
         Template field -> the column of ``X`` that holds it, when the names differ.
     backbone : str
