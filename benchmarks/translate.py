@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 
 from chemtag import MoleculeTranslator
 from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
@@ -44,6 +44,7 @@ from chemtag.generation import generate_after, untagged_prompts
 from chemtag.protocol import pretrain_domain_tag, text_loss
 from chemtag.representations import LANGUAGES, canonical, convert, same
 from chemtag.tags import TagLibrary
+from chemtag.validation import quiet_rdkit
 
 from benchmarks.lora_translation import LoraTranslator
 
@@ -74,10 +75,10 @@ def molecules(corpus: Path, count: int, max_atoms: int, seed: int) -> list[dict[
     every language names the same molecule."""
     with gzip.open(corpus, "rt") as handle:
         lines = [line.strip() for line in handle if line.strip()]
-    RDLogger.DisableLog("rdApp.*")
     records = []
     for index in np.random.default_rng(seed).permutation(len(lines)):
-        molecule = Chem.MolFromSmiles(lines[index])
+        with quiet_rdkit():
+            molecule = Chem.MolFromSmiles(lines[index])
         if molecule is None or molecule.GetNumHeavyAtoms() > max_atoms:
             continue
         record = {language: convert(lines[index], "SMILES", language) for language in LANGUAGES}

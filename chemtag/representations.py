@@ -10,15 +10,14 @@ read back into one.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Callable
 
 import selfies
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
-from chemtag.validation import MAX_SMILES_LENGTH, canonical_smiles
+from chemtag.validation import MAX_SMILES_LENGTH, canonical_smiles, quiet_rdkit, stripped_text
 
 LANGUAGES = ("SMILES", "SELFIES", "InChI", "Formula")
 MOLECULE_LANGUAGES = ("SMILES", "SELFIES", "InChI")  # languages a molecule can be read back from
@@ -31,26 +30,16 @@ _FORMULA = re.compile(r"((?:[A-Z][a-z]?\d*)+)([+-]\d*)?")  # element counts, the
 _ELEMENTS = frozenset(Chem.GetPeriodicTable().GetElementSymbol(number) for number in range(1, 119))
 
 
-@contextlib.contextmanager
-def _quiet_rdkit():
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        yield
-    finally:
-        RDLogger.EnableLog("rdApp.*")
-
-
 def _text(value: object, language: str) -> str | None:
-    """``value`` stripped, or ``None`` unless it is a non-empty string within the language's length limit."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    return text if 0 < len(text) <= MAX_LENGTHS[language] else None
+    """``value`` stripped (see :func:`~chemtag.validation.stripped_text`), or ``None`` beyond the
+    language's length limit."""
+    text = stripped_text(value)
+    return text if text is not None and len(text) <= MAX_LENGTHS[language] else None
 
 
 def _molecule(smiles: object) -> Chem.Mol | None:
     text = _text(smiles, "SMILES")
-    with _quiet_rdkit():
+    with quiet_rdkit():
         return Chem.MolFromSmiles(text) if text else None
 
 
@@ -80,7 +69,7 @@ def selfies_to_smiles(value: object) -> str | None:
 def smiles_to_inchi(smiles: object) -> str | None:
     """Standard InChI of ``smiles``, or ``None``."""
     molecule = _molecule(smiles)
-    with _quiet_rdkit():
+    with quiet_rdkit():
         return (Chem.MolToInchi(molecule) or None) if molecule is not None else None
 
 
@@ -89,7 +78,7 @@ def inchi_to_smiles(value: object) -> str | None:
     text = _text(value, "InChI")
     if text is None or not text.startswith("InChI="):
         return None
-    with _quiet_rdkit():
+    with quiet_rdkit():
         molecule = Chem.MolFromInchi(text)
     return canonical_smiles(Chem.MolToSmiles(molecule, canonical=False)) if molecule is not None else None
 

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets
 
@@ -39,7 +39,7 @@ class InvalidInputError(ValueError):
         self.rows = list(rows)
 
 
-def _text(value: object) -> str | None:
+def stripped_text(value: object) -> str | None:
     """``value`` stripped, or ``None`` unless it is a non-empty string UTF-8 can encode (no lone surrogates)."""
     if not isinstance(value, str) or not value.strip():
         return None
@@ -50,20 +50,24 @@ def _text(value: object) -> str | None:
     return value.strip()
 
 
+def quiet_rdkit() -> rdBase.BlockLogs:
+    """A context in which RDKit logs nothing (its parse errors are ours to report); whatever logging
+    was on or off before it is restored after it."""
+    return rdBase.BlockLogs()
+
+
 def canonical_smiles(value: object) -> str | None:
     """RDKit's canonical SMILES of ``value``, or ``None`` when it is not a valid SMILES string, is longer
     than :data:`MAX_SMILES_LENGTH` characters, or cannot be written back (e.g. too many open rings)."""
-    text = _text(value)
+    text = stripped_text(value)
     if text is None or len(text) > MAX_SMILES_LENGTH:
         return None
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        molecule = Chem.MolFromSmiles(text)
-        return Chem.MolToSmiles(molecule) if molecule is not None else None
-    except (RuntimeError, ValueError):  # RDKit's errors while writing, e.g. "Too many rings open at once"
-        return None
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    with quiet_rdkit():
+        try:
+            molecule = Chem.MolFromSmiles(text)
+            return Chem.MolToSmiles(molecule) if molecule is not None else None
+        except (RuntimeError, ValueError):  # RDKit's errors while writing, e.g. "Too many rings open at once"
+            return None
 
 
 def normalised_protein(value: object, alphabet: str = "standard") -> str | None:
@@ -91,7 +95,7 @@ def plain_text(value: object) -> str | None:
     if isinstance(value, (float, np.floating, Decimal)) and not math.isfinite(value):
         return None
     try:
-        return _text(str(value))
+        return stripped_text(str(value))
     except ValueError:  # integers beyond Python's digit limit for str()
         return None
 

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from rdkit import Chem, RDLogger
 
 from chemtag import BindingAffinityRegressor, InvalidInputError, QEDRegressor, TagLLMRegressor
 from chemtag.validation import canonical_smiles, normalised_protein
@@ -112,3 +113,17 @@ def test_whitespace_and_case_in_proteins_are_normalised_before_prompting():
     )
     a, b = model.predict(pd.DataFrame({"Target": ["MKTAYIAK", " mktay iak "], "Drug": ["CCO", "OCC"]}))
     assert a == b
+
+
+def test_validation_is_silent_and_leaves_rdkit_logging_as_it_was(capfd):
+    canonical_smiles("C(C")
+    assert "SMILES Parse Error" not in capfd.readouterr().err
+    Chem.MolFromSmiles("C(C")
+    assert "SMILES Parse Error" in capfd.readouterr().err  # still on: validation did not switch it off
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        canonical_smiles("C(C")
+        Chem.MolFromSmiles("C(C")
+        assert "SMILES Parse Error" not in capfd.readouterr().err  # still off: validation did not switch it on
+    finally:
+        RDLogger.EnableLog("rdApp.*")
