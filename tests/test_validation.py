@@ -83,9 +83,10 @@ def test_on_invalid_nan_gives_nan_rows_and_says_how_many(qed_model, caplog):
     assert "1 of 3 rows have invalid input; their predictions are NaN." in caplog.text
 
 
-def test_on_invalid_nan_drops_invalid_rows_from_training_with_a_warning():
-    with pytest.warns(UserWarning, match="Dropping 1 of 4 rows with invalid input before fitting."):
+def test_on_invalid_nan_drops_invalid_rows_from_training_with_one_warning(caplog):
+    with pytest.warns(UserWarning, match="Dropping 1 of 4 rows with invalid input before fitting.") as warned:
         QEDRegressor(on_invalid="nan", **FAST).fit(["CCO", "C1CC", "CCN", "CCC"], [0.1, 0.2, 0.3, 0.4])
+    assert len([w for w in warned if "invalid" in str(w.message)]) == 1 and "predictions are NaN" not in caplog.text
 
 
 def test_empty_input_and_missing_columns_get_clear_messages(qed_model):

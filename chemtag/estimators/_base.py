@@ -244,6 +244,8 @@ class TagLLMEstimator(BaseEstimator):
         template = Template.parse(self.template_)
         values, invalid = read_fields(frame, self.fields_, self._columns(frame), self.protein_alphabet, self.on_invalid,
                                       self._allowed(template, getattr(self, "feature_ids_", None)))
+        if invalid.any():
+            logger.warning("%d of %d rows have invalid input; their predictions are NaN.", invalid.sum(), len(frame))
         backbone = self._backbone()
         model = self._model_from_fitted(backbone)
         outputs = np.full((len(frame), self._head_size()), np.nan)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Collection, Mapping, NamedTuple, Sequence
 
@@ -12,8 +11,6 @@ from scipy import sparse
 
 from chemtag.domains import get_domain
 from chemtag.validation import InvalidInputError, plain_text, report_invalid
-
-logger = logging.getLogger(__name__)
 
 
 def has_column_names(X) -> bool:
@@ -123,8 +120,6 @@ def read_fields(frame: pd.DataFrame, fields: Mapping[str, str], columns: Mapping
         values[field] = [value or "" for value in normalised]
     if messages and on_invalid == "raise":
         raise InvalidInputError(" ".join(messages), np.flatnonzero(invalid).tolist())
-    if messages:
-        logger.warning("%d of %d rows have invalid input; their predictions are NaN.", invalid.sum(), len(frame))
     return values, invalid
 
 

@@ -115,6 +115,9 @@ class TagLLMGenerator(TagLLMEstimator):
     def _generate(self, X) -> tuple[list[str | None], _Rows]:
         check_is_fitted(self, "tags_")
         rows = self._read_rows(X, fitting=False)
+        if rows.invalid.any():
+            logger.warning("%d of %d rows have invalid input; their generated texts are None.", rows.invalid.sum(),
+                           len(rows.invalid))
         keep = np.flatnonzero(~rows.invalid)
         generated: list[str | None] = [None] * len(rows.outputs)
         if len(keep):
