@@ -94,6 +94,12 @@ class _KVStore:
         array = torch.from_numpy(np.memmap(self._file, dtype=storage, mode="w+", shape=shape))
         self.data = array.view(dtype)
 
+    def close(self) -> None:
+        """Release the keys/values (and a spilled store's temporary file) now."""
+        del self.data
+        if self.on_disk:
+            self._file.close()
+
     def write(self, offset: int, values: torch.Tensor) -> None:
         """Store ``values`` ``(n_layers, 2, kv_heads, n, head_dim)`` as tokens ``offset`` to ``offset + n``."""
         self.data[:, :, :, offset:offset + values.shape[3]] = values.to(device="cpu", dtype=self.data.dtype)
@@ -195,12 +201,22 @@ class PrefixCache:
         waves: dict[int, list[int]] = {}
         for i, piece in enumerate(self.pieces):
             waves.setdefault(piece.depth if piece.dependent else -1, []).append(i)
-        with autocast(self.model.backbone.device, bf16), progress:
-            for _, wave in sorted(waves.items()):
-                for chunk in _chunks(wave, batch_size, key=lambda i: self.pieces[i].cost):
-                    self._compute_pieces([self.pieces[i] for i in chunk])
-                    progress.update(sum(self.pieces[i].length for i in chunk))
+        try:
+            with autocast(self.model.backbone.device, bf16), progress:
+                for _, wave in sorted(waves.items()):
+                    for chunk in _chunks(wave, batch_size, key=lambda i: self.pieces[i].cost):
+                        self._compute_pieces([self.pieces[i] for i in chunk])
+                        progress.update(sum(self.pieces[i].length for i in chunk))
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    def close(self) -> None:
+        """Release the keys/values (a spilled cache's temporary file too) now; :meth:`compute` again to reuse."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _compute_pieces(self, pieces: Sequence[_Piece]) -> None:
         prompts, device = self.prompts, self.model.backbone.device

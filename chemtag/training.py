@@ -136,64 +136,68 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     if config.prefix_cache and model.prefix_is_frozen:
         cache = _computed(PrefixCache(model, prompts), config.batch_size, config.bf16, config.cache_memory_bytes,
                           config.verbose)
-    batcher = _batcher(model, prompts, cache)
-    targets = targets.to(model.backbone.device)
-    lengths = prompts.lengths
-
-    if config.initialise_head and not history and hasattr(model.head, "initialise"):
-        record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
-                                  processes, groups)
-        history.append(record)
-        if record["best"]:
-            best_loss, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
-        save_checkpoint(torch_rng, complete=config.max_epochs == 0)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(torch_rng)
-            for epoch in range(history[-1]["epoch"] + 1 if history else first_epoch, last_epoch + 1):
-                started = time.perf_counter()
-                batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
-                model.train()
-                total, seen = 0.0, 0
-                progress = tqdm(shard(batches, processes), desc=f"epoch {epoch}", disable=config.verbose <= 0,
-                                leave=config.verbose > 1)
-                for batch_rows in progress:
-                    rows = train_rows[batch_rows]
-                    with autocast(model.backbone.device, config.bf16):
-                        loss = loss_fn(model(batcher(rows)), targets[rows])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    average_gradients(parameters, processes)
-                    warm_up(optimizer, config.lr, config.warmup_steps)
-                    optimizer.step()
-                    total += loss.item() * len(rows)
-                    seen += len(rows)
-                    progress.set_postfix(loss=f"{total / seen:.4f}")
-                total, seen = summed(torch.tensor([total, seen], dtype=torch.float64), processes).tolist()
-                record = {"epoch": epoch, "train_loss": total / seen}
-                if len(valid_rows):
-                    outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16,
-                                       processes=processes)
-                    record["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
-                monitored = record.get("valid_loss", record["train_loss"])
-                record["best"] = monitored < best_loss
-                record["seconds"] = time.perf_counter() - started
-                history.append(record)
-                if config.verbose > 0:
-                    tqdm.write(_describe(record))
-                if record["best"]:
-                    best_loss, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
-                else:
-                    stale += 1
-                stopping = not record["best"] and stale >= config.patience
-                save_checkpoint(torch.get_rng_state(), complete=stopping or epoch == last_epoch)
-                if stopping:
-                    logger.info("Early stopping after epoch %d: no improvement in %d epochs.", epoch, stale)
-                    break
-    except KeyboardInterrupt:
-        logger.warning("Training interrupted; keeping the best weights so far.")
+        batcher = _batcher(model, prompts, cache)
+        targets = targets.to(model.backbone.device)
+        lengths = prompts.lengths
+
+        if config.initialise_head and not history and hasattr(model.head, "initialise"):
+            record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
+                                      processes, groups)
+            history.append(record)
+            if record["best"]:
+                best_loss, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
+            save_checkpoint(torch_rng, complete=config.max_epochs == 0)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(torch_rng)
+                for epoch in range(history[-1]["epoch"] + 1 if history else first_epoch, last_epoch + 1):
+                    started = time.perf_counter()
+                    batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
+                    model.train()
+                    total, seen = 0.0, 0
+                    progress = tqdm(shard(batches, processes), desc=f"epoch {epoch}", disable=config.verbose <= 0,
+                                    leave=config.verbose > 1)
+                    for batch_rows in progress:
+                        rows = train_rows[batch_rows]
+                        with autocast(model.backbone.device, config.bf16):
+                            loss = loss_fn(model(batcher(rows)), targets[rows])
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        average_gradients(parameters, processes)
+                        warm_up(optimizer, config.lr, config.warmup_steps)
+                        optimizer.step()
+                        total += loss.item() * len(rows)
+                        seen += len(rows)
+                        progress.set_postfix(loss=f"{total / seen:.4f}")
+                    total, seen = summed(torch.tensor([total, seen], dtype=torch.float64), processes).tolist()
+                    record = {"epoch": epoch, "train_loss": total / seen}
+                    if len(valid_rows):
+                        outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16,
+                                           processes=processes)
+                        record["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
+                    monitored = record.get("valid_loss", record["train_loss"])
+                    record["best"] = monitored < best_loss
+                    record["seconds"] = time.perf_counter() - started
+                    history.append(record)
+                    if config.verbose > 0:
+                        tqdm.write(_describe(record))
+                    if record["best"]:
+                        best_loss, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
+                    else:
+                        stale += 1
+                    stopping = not record["best"] and stale >= config.patience
+                    save_checkpoint(torch.get_rng_state(), complete=stopping or epoch == last_epoch)
+                    if stopping:
+                        logger.info("Early stopping after epoch %d: no improvement in %d epochs.", epoch, stale)
+                        break
+        except KeyboardInterrupt:
+            logger.warning("Training interrupted; keeping the best weights so far.")
+        finally:
+            _keep_best(model, best_state)
     finally:
-        _keep_best(model, best_state)
+        if cache is not None:
+            cache.close()  # frees a spilled cache's disk now, not when a kept traceback lets it go
     return history
 
 
@@ -317,7 +321,11 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
     if cache is not None:
         cache = _computed(cache, batch_size, bf16, cache_memory_bytes, verbose)
     rows = np.arange(len(prompts))
-    return _outputs(model, _batcher(model, prompts, cache), rows, prompts.lengths, batch_size, bf16, verbose)
+    try:
+        return _outputs(model, _batcher(model, prompts, cache), rows, prompts.lengths, batch_size, bf16, verbose)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 @torch.no_grad()

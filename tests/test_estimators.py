@@ -244,6 +244,11 @@ def test_a_misspelt_field_in_domains_is_refused_rather_than_read_as_text():
                                 "fields ['Drug'] have no domain (they would be read as text).")
 
 
+def test_a_template_without_fields_is_refused():
+    with pytest.raises(ValueError, match=r"^The template 'Output: <Y>' has no fields, so no input would reach the model"):
+        TagLLMRegressor(template="Output: <Y>", **FAST).fit(pd.DataFrame({"Drug": SMILES}), TARGETS)
+
+
 def test_the_function_tag_is_the_template_s_last_tag():
     assert TagLLMRegressor({"Drug": "SMILES"}, **FAST).fit(SMILES, TARGETS).template_.endswith("Output: <Output>")
     model = TagLLMRegressor({"Drug": "SMILES"}, template="Input: <SMILES> {Drug}. Output: <QED>", **FAST)

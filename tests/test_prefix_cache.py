@@ -8,6 +8,7 @@ the largest gradient entry (float32 rounding differs between the two orders of s
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -140,6 +141,27 @@ def test_spilled_cache_reads_back_the_same(tiny_llama):
     rows = [0, 3, 1]
     torch.testing.assert_close(model.readout_states(on_disk.batch(rows)), model.readout_states(in_memory.batch(rows)),
                                rtol=0, atol=0)
+
+
+def test_train_and_predict_release_a_spilled_cache_s_file_when_they_end(tiny_llama, monkeypatch):
+    opened = []
+    temporary_file = tempfile.TemporaryFile
+    monkeypatch.setattr("chemtag.prefix_cache.tempfile.TemporaryFile",
+                        lambda **kwargs: opened.append(temporary_file(**kwargs)) or opened[-1])
+    model = make_model(tiny_llama, isolate=True)
+    prompts = encode(model)
+    config = TrainingConfig(max_epochs=1, batch_size=2, validation_fraction=0, verbose=0, cache_memory_bytes=0)
+    train(model, prompts, torch.linspace(-1, 1, len(prompts))[:, None], nn.functional.mse_loss, config)
+    predict(model, prompts, batch_size=2, prefix_cache=True, cache_memory_bytes=0)
+    assert len(opened) == 2 and all(file.closed for file in opened)
+
+
+def test_a_closed_cache_must_be_computed_again(tiny_llama):
+    model = make_model(tiny_llama, isolate=True)
+    cache = PrefixCache(model, encode(model)).compute(batch_size=2, memory_bytes=0)
+    cache.close()
+    with pytest.raises(RuntimeError, match=r"Call compute\(\) before reading"):
+        cache.batch([0])
 
 
 @pytest.mark.parametrize("name", BACKBONES)

@@ -108,6 +108,21 @@ def test_unknown_domain_and_bad_parameters_are_refused():
         QEDRegressor(on_invalid="skip", **FAST).fit(["CCO"], [0.4])
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("lr", -1e-4, "lr must be a finite non-negative number, got -0.0001."),
+    ("lr", float("nan"), "lr must be a finite non-negative number, got nan."),
+    ("weight_decay", "0.1", "weight_decay must be a finite non-negative number, got '0.1'."),
+    ("max_length", 0, "max_length must be a positive integer or None (the backbone's limit), got 0."),
+    ("batch_size", 0, "batch_size must be a positive integer, got 0."),
+    ("validation_fraction", 1.0, "validation_fraction must be in [0, 1), got 1.0."),
+])
+def test_bad_training_parameters_are_refused_before_any_compute(name, value, message, monkeypatch):
+    monkeypatch.setattr(QEDRegressor, "_backbone", lambda self: pytest.fail("the backbone was loaded"))
+    with pytest.raises(ValueError) as error:
+        QEDRegressor(**{**FAST, name: value}).fit(["CCO", "CCN"], [0.4, 0.5])
+    assert str(error.value) == message
+
+
 def test_whitespace_and_case_in_proteins_are_normalised_before_prompting():
     model = BindingAffinityRegressor(**FAST).fit(
         pd.DataFrame({"Target": ["MKTAYIAK", "mkta yiak"], "Drug": ["CCO", "CCO"]}), [5.0, 5.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Mapping
@@ -273,6 +274,14 @@ class TagLLMEstimator(BaseEstimator):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
+        if self.max_length is not None and (not isinstance(self.max_length, (int, np.integer)) or self.max_length < 1):
+            raise ValueError(f"max_length must be a positive integer or None (the backbone's limit), "
+                             f"got {self.max_length!r}.")
 
     def _training_config(self, n_rows: int) -> TrainingConfig:
         """How to train on ``n_rows`` rows, from the estimator's parameters."""
@@ -318,6 +327,9 @@ class TagLLMEstimator(BaseEstimator):
             get_domain(domain)  # unknown domains fail here, before any compute
         if self.template:
             template_fields = Template.parse(self._with_feature_slot(self.template)).fields
+            if not template_fields:
+                raise ValueError(f"The template {self.template!r} has no fields, so no input would reach the model; "
+                                 "name the input columns in braces, e.g. '<SMILES> {Drug}'.")
             unknown = [field for field in fields if field not in template_fields] if self.domains else []
             unmapped = [field for field in template_fields if field not in fields]
             if unknown and unmapped:  # e.g. a misspelt field, whose input would silently be read as text
@@ -402,7 +414,7 @@ class TagLLMEstimator(BaseEstimator):
 
     def _check_lengths(self, lengths: np.ndarray, backbone: Backbone, rows: np.ndarray) -> None:
         """Refuse prompts over ``max_length`` (or the backbone's limit); ``rows`` are their positions in X."""
-        limit = self.max_length or backbone.max_length
+        limit = backbone.max_length if self.max_length is None else self.max_length
         if limit is None:
             return
         too_long = np.flatnonzero(lengths > limit)
