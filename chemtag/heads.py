@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from chemtag.losses import LossFunction
 
 PENALTIES = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 """L2 penalties of the linear probe, strongest first, among which cross-validation chooses."""

@@ -6,9 +6,12 @@ targets' standard deviation); classification outputs are logits ``(n, k)`` again
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.nn import functional
 
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> scalar mean
 HUBER_DELTA = 1.0  # standard deviations of the training targets where the Huber loss turns linear
 
 

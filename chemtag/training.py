@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from chemtag.checkpoint import Checkpoint, TrainingState, fit_fingerprint
+from chemtag.losses import LossFunction
 from chemtag.model import Batch, TaggedModel, autocast
 from chemtag.parallel import ONE_PROCESS, Processes, average_gradients, shard, summed
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES, PrefixCache, PrefixCacheTooLarge
@@ -23,7 +24,6 @@ from chemtag.templates import EncodedPrompts
 
 logger = logging.getLogger(__name__)
 
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batcher = Callable[[Sequence[int]], Batch]
 
 

@@ -27,7 +27,8 @@ from chemtag import QEDRegressor
 from chemtag.heads import LinearHead
 from chemtag.losses import squared_error
 from chemtag.model import TaggedModel
-from chemtag.training import LossFunction, train
+from chemtag.losses import LossFunction
+from chemtag.training import train
 from test_training import _assert_same_state, _config, _model, _noise, _prompts, _strings, _without_timings, mse
 
 ROWS = 60
