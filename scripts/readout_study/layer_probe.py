@@ -90,8 +90,8 @@ def main() -> None:
     mean_mse = np.mean((y[test] - y[train].mean()) ** 2)
     print(f"{args.task}, {n_train:,} train / {len(split.test):,} test, seed {args.seed}; mean predictor MSE {mean_mse:.5g}")
     print("| layer | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
-    for layer in range(features.shape[1] // d):  # 0: the first decoder layer's output
-        layer_features = features[:, layer * d:(layer + 1) * d]
+    for layer in range(1, features.shape[1] // d + 1):  # 1: the first decoder layer's output
+        layer_features = features[:, (layer - 1) * d:layer * d]
         probe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(layer_features[train], y[train])
         mse = np.mean((probe.predict(layer_features[test]) - y[test]) ** 2)
         print(f"| {layer} | {mse:.5g} | {mse / mean_mse:.3f} | {probe[-1].alpha_:.3g} |", flush=True)
