@@ -10,7 +10,7 @@ import math
 import numbers
 import warnings
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -122,10 +122,16 @@ def report_invalid(kind: str, column: str, values: Sequence[object], rows: Seque
 def validated_targets(y: Iterable, n_rows: int, classification: bool = False) -> np.ndarray:
     """``y`` as a 1-D array of ``n_rows``: finite numbers (float64) whose mean and spread are finite for
     regression; labels of one kind (all text or all numbers), none missing, for classification."""
+    array = target_array(y, n_rows)
+    return _class_labels(array) if classification else _regression_targets(array)
+
+
+def target_array(y: Iterable, n_rows: int, dtype: type | None = None) -> np.ndarray:
+    """``y`` as a 1-D array of ``n_rows`` targets (a column vector is accepted with sklearn's warning)."""
     if y is None:
         raise ValueError("This estimator requires y to be passed, but the target y is None.")
     try:
-        array = np.asarray(y)
+        array = np.asarray(y, dtype=dtype)
     except ValueError as error:  # ragged nested sequences
         raise ValueError(f"y must be 1-D (one target per row); it could not be read as an array: {error}") from None
     if array.ndim == 2 and array.shape[1] == 1:
@@ -137,12 +143,13 @@ def validated_targets(y: Iterable, n_rows: int, classification: bool = False) ->
         raise ValueError(f"y must be 1-D (one target per row), got shape {array.shape}.")
     if len(array) != n_rows:
         raise ValueError(f"X has {n_rows} rows but y has {len(array)}.")
-    return _class_labels(array) if classification else _regression_targets(array)
+    return array
 
 
-def _listed(rows: Sequence[int], values: Sequence[object] | None = None) -> str:
-    """``"0, 2 (values) and 3 more"``: the first rows, with their values when given."""
-    shown = [f"{r} ({_abbreviated(values[r])})" if values is not None else str(r) for r in rows[:_SHOWN]]
+def listed(rows: Sequence[int], values: Sequence[object] | None = None,
+           describe: Callable[[object], str] = _abbreviated) -> str:
+    """``"0, 2 (values) and 3 more"``: the first rows, with their values (as ``describe`` writes them) when given."""
+    shown = [f"{r} ({describe(values[r])})" if values is not None else str(r) for r in rows[:_SHOWN]]
     return ", ".join(shown) + (f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else "")
 
 
@@ -167,12 +174,12 @@ def _regression_targets(array: np.ndarray) -> np.ndarray:
         others = [i for i, value in enumerate(reals) if value is None]
         if others:
             raise ValueError(f"y must be numeric for regression; {len(others)} rows hold other values: "
-                             f"{_listed(others, array)}. Convert them to numbers explicitly.")
+                             f"{listed(others, array)}. Convert them to numbers explicitly.")
         array = np.asarray(reals)
     targets = array.astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(targets))
     if len(bad):
-        raise ValueError(f"y contains NaN or infinity at {len(bad)} rows: {_listed(bad)}. "
+        raise ValueError(f"y contains NaN or infinity at {len(bad)} rows: {listed(bad)}. "
                          "Remove or impute these rows before fitting.")
     with np.errstate(over="ignore", invalid="ignore"):
         spread_is_finite = np.isfinite(targets.mean()) and np.isfinite(targets.std())
@@ -193,7 +200,7 @@ def _class_labels(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "O":
         missing = [i for i, value in enumerate(array) if is_missing(value)]
         if missing:
-            raise ValueError(f"y has missing labels (None or NaN) at {len(missing)} rows: {_listed(missing)}. "
+            raise ValueError(f"y has missing labels (None or NaN) at {len(missing)} rows: {listed(missing)}. "
                              "Remove these rows or label them.")
         kinds = {_label_kind(value) for value in array}
         if len(kinds) > 1 or not kinds <= {"number", "str"}:

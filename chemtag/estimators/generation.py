@@ -22,10 +22,9 @@ from chemtag.representations import LANGUAGES, MOLECULE_LANGUAGES
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template
 from chemtag.training import train
-from chemtag.validation import InvalidInputError, report_invalid
+from chemtag.validation import InvalidInputError, listed, report_invalid, target_array
 
 logger = logging.getLogger(__name__)
-_SHOWN = 5
 
 
 @dataclass
@@ -174,19 +173,12 @@ class TagLLMGenerator(TagLLMEstimator):
     @staticmethod
     def _read_targets(y, domains: list[str]) -> list[str]:
         """``y`` as normalised text in each row's output domain; invalid targets raise, naming their rows."""
-        if y is None:
-            raise ValueError("This estimator requires y to be passed, but the target y is None.")
-        array = np.asarray(y, dtype=object)
-        if array.ndim != 1:
-            raise ValueError(f"y must be 1-D (one target text per row), got shape {array.shape}.")
-        if len(array) != len(domains):
-            raise ValueError(f"X has {len(domains)} rows but y has {len(array)}.")
+        array = target_array(y, len(domains), dtype=object)
         texts = [get_domain(domain).normalise(value) for value, domain in zip(array, domains)]
         bad = [i for i, text in enumerate(texts) if text is None]
         if bad:
-            shown = ", ".join(f"{i} ({array[i]!r} as {domains[i]})" for i in bad[:_SHOWN])
-            more = f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
-            raise ValueError(f"y holds {len(bad)} invalid target texts: rows {shown}{more}.")
+            described = [f"{value!r} as {domain}" for value, domain in zip(array, domains)]
+            raise ValueError(f"y holds {len(bad)} invalid target texts: rows {listed(bad, described, str)}.")
         return texts
 
     def _function_tag_name(self) -> str:
