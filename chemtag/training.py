@@ -86,10 +86,10 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
 
     ``targets`` ``(n, ...)`` are aligned with ``prompts``. ``groups`` ``(n,)``, where given, marks prompts
     that are copies of one input (e.g. both orders of a drug pair): a group's prompts stay together, all
-    in training or all in validation, and in one fold of the head probe's cross-validation. Interrupting with Ctrl-C keeps the best
-    weights so far. Passing an earlier ``history`` continues its epoch count (warm start). With
-    ``config.checkpoint_dir`` a killed fit can be resumed by calling ``train`` again with the same
-    arguments.
+    in training or all in validation, and in one fold of the head probe's cross-validation.
+    Interrupting with Ctrl-C keeps the best weights so far. Passing an earlier ``history`` continues its
+    epoch count (warm start). With ``config.checkpoint_dir`` a killed fit can be resumed by calling
+    ``train`` again with the same arguments.
 
     With several ``processes`` (e.g. an ``accelerate.Accelerator`` under ``accelerate launch``) every
     process calls ``train`` with the same arguments: each trains on its :func:`~chemtag.parallel.shard`
@@ -153,29 +153,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                 torch.set_rng_state(torch_rng)
                 for epoch in range(history[-1]["epoch"] + 1 if history else first_epoch, last_epoch + 1):
                     started = time.perf_counter()
-                    batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
-                    model.train()
-                    total, seen = 0.0, 0
-                    progress = tqdm(shard(batches, processes), desc=f"epoch {epoch}", disable=config.verbose <= 0,
-                                    leave=config.verbose > 1)
-                    for batch_rows in progress:
-                        rows = train_rows[batch_rows]
-                        with autocast(model.backbone.device, config.bf16):
-                            loss = loss_fn(model(batcher(rows)), targets[rows])
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        average_gradients(parameters, processes)
-                        warm_up(optimizer, config.lr, config.warmup_steps)
-                        optimizer.step()
-                        total += loss.item() * len(rows)
-                        seen += len(rows)
-                        progress.set_postfix(loss=f"{total / seen:.4f}")
-                    total, seen = summed(torch.tensor([total, seen], dtype=torch.float64), processes).tolist()
-                    record = {"epoch": epoch, "train_loss": total / seen}
-                    if len(valid_rows):
-                        outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16,
-                                           processes=processes)
-                        record["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
+                    record = {"epoch": epoch, **_epoch(model, optimizer, batcher, targets, lengths, train_rows,
+                                                       valid_rows, loss_fn, config, processes, rng, epoch)}
                     monitored = record.get("valid_loss", record["train_loss"])
                     record["best"] = monitored < best_loss
                     record["seconds"] = time.perf_counter() - started
@@ -199,6 +178,37 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         if cache is not None:
             cache.close()  # frees a spilled cache's disk now, not when a kept traceback lets it go
     return history
+
+
+def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batcher, targets: torch.Tensor,
+           lengths: np.ndarray, train_rows: np.ndarray, valid_rows: np.ndarray, loss_fn: LossFunction,
+           config: TrainingConfig, processes: Processes, rng: np.random.Generator, epoch: int) -> dict:
+    """One pass of steps over ``train_rows`` in length-bucketed batches (this process's shard of them),
+    then the validation loss: ``{"train_loss": ..., "valid_loss": ...}``, combined over the processes."""
+    batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+    total, seen = 0.0, 0
+    progress = tqdm(shard(batches, processes), desc=f"epoch {epoch}", disable=config.verbose <= 0,
+                    leave=config.verbose > 1)
+    for batch_rows in progress:
+        rows = train_rows[batch_rows]
+        with autocast(model.backbone.device, config.bf16):
+            loss = loss_fn(model(batcher(rows)), targets[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(parameters, processes)
+        warm_up(optimizer, config.lr, config.warmup_steps)
+        optimizer.step()
+        total += loss.item() * len(rows)
+        seen += len(rows)
+        progress.set_postfix(loss=f"{total / seen:.4f}")
+    total, seen = summed(torch.tensor([total, seen], dtype=torch.float64), processes).tolist()
+    losses = {"train_loss": total / seen}
+    if len(valid_rows):
+        outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16, processes=processes)
+        losses["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
+    return losses
 
 
 def warm_up(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int) -> None:
