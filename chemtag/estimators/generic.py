@@ -24,7 +24,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     ----------
     domains : dict, optional
         Input column -> domain: ``"SMILES"``, ``"Protein"`` or ``"Text"`` (written as is, no tag).
-        By default every column is text.
+        By default every column is text. A 2-D array's columns are the template's fields in its order,
+        or without a template the keys of ``domains`` in theirs.
     function_tag : str, optional
         Name of the task's function tag, e.g. ``"BA"`` writes ``<BA>`` at the end of the prompt; by default
         the template's last tag, or ``"Output"`` without a template. Given with a template, it must be
