@@ -133,20 +133,25 @@ def load_backbone(
         return _LOADED[key]
 
 
-def check_device(device: torch.device | str) -> None:
-    """Raise a ``RuntimeError`` that says what to do when ``device`` is not on this machine (e.g. an
-    estimator fitted on a GPU, loaded where there is none)."""
+def device_available(device: torch.device | str) -> bool:
+    """Whether this machine has ``device`` (the CPU always; ``"cuda:1"`` only with two CUDA devices)."""
     device = torch.device(device)
     if device.type in ("cpu", "meta"):
+        return True
+    accelerator = torch.accelerator.current_accelerator()
+    return accelerator is not None and accelerator.type == device.type and (
+        device.index is None or device.index < torch.accelerator.device_count())
+
+
+def check_device(device: torch.device | str) -> None:
+    """Raise a ``RuntimeError`` that says what to do when ``device`` is not on this machine."""
+    if device_available(device):
         return
     accelerator = torch.accelerator.current_accelerator()
-    if accelerator is not None and accelerator.type == device.type and (
-            device.index is None or device.index < torch.accelerator.device_count()):
-        return
     here = f"this machine's accelerator is {accelerator.type!r}" if accelerator else "this machine has no accelerator"
     raise RuntimeError(
-        f"Device {str(device)!r} is not available: {here}. An estimator fitted on a GPU predicts on the CPU "
-        "after `set_params(device='cpu')` (its tags and head are stored on the CPU)."
+        f"Device {str(torch.device(device))!r} is not available: {here}. An estimator fitted on a GPU "
+        "predicts on the CPU after `set_params(device='cpu')` (its tags and head are stored on the CPU)."
     )
 
 

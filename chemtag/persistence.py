@@ -100,6 +100,7 @@ def load_estimator(folder: str | Path, expected_class: type | None = None):
     estimator.head_ = _checked_tensors(folder / _HEAD_FILE, config["head_sha256"])
     if "feature_tag_sha256" in config:
         estimator.feature_tag_ = _checked_tensors(folder / _FEATURE_TAG_FILE, config["feature_tag_sha256"])
+    estimator._run_on_the_cpu_if_the_device_is_absent()
     return estimator
 
 

@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -155,14 +156,21 @@ def test_pickle_holds_no_backbone_weights_and_predicts_identically():
     np.testing.assert_array_equal(pickle.loads(payload).predict(SMILES), expected)
 
 
-def test_a_model_pickled_for_an_absent_gpu_says_how_to_predict_on_the_cpu():
+def test_a_model_saved_on_a_gpu_runs_on_the_cpu_where_there_is_none(tmp_path):
     model = QEDRegressor(**FAST).fit(SMILES, TARGETS)
     expected = model.predict(SMILES)
     absent_gpu = f"cuda:{torch.cuda.device_count()}"  # one past the last CUDA device: absent on any machine
-    loaded = pickle.loads(pickle.dumps(model.set_params(device=absent_gpu)))
-    with pytest.raises(RuntimeError, match=r"set_params\(device='cpu'\)"):
-        loaded.predict(SMILES)
-    np.testing.assert_array_equal(loaded.set_params(device="cpu").predict(SMILES), expected)
+    model.set_params(device=absent_gpu)
+    with pytest.raises(RuntimeError, match=r"is not available: .*set_params\(device='cpu'\)"):
+        model.predict(SMILES)
+    message = f"This QEDRegressor was saved with device='{absent_gpu}', which this machine lacks; it runs on the CPU"
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        unpickled = pickle.loads(pickle.dumps(model))
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        loaded = QEDRegressor.load(model.save(tmp_path / "model"))
+    for copy in (unpickled, loaded):
+        assert copy.device == "cpu"
+        np.testing.assert_array_equal(copy.predict(SMILES), expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -171,7 +179,7 @@ def test_a_model_fitted_on_the_gpu_predicts_on_the_cpu_in_a_process_without_one(
     joblib.dump(model, tmp_path / "model.joblib")
     script = (
         "import joblib, json; "
-        f"model = joblib.load({str(tmp_path / 'model.joblib')!r}).set_params(device='cpu'); "
+        f"model = joblib.load({str(tmp_path / 'model.joblib')!r}); "
         f"print(json.dumps(model.predict({SMILES!r}).tolist()))"
     )
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

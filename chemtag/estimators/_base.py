@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from chemtag import pretrained
-from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from chemtag.backbones import DEFAULT_BACKBONE, Backbone, device_available, load_backbone
 from chemtag.domains import get_domain
 from chemtag.estimators._inputs import (
     Allowed, FeatureTable, as_frame, has_column_names, read_feature_table, read_fields,
@@ -119,6 +119,18 @@ class TagLLMEstimator(BaseEstimator):
         state = self.__dict__.copy()
         state.pop("_model", None)  # holds the shared backbone; rebuilt from tags_ and head_ on demand
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._run_on_the_cpu_if_the_device_is_absent()
+
+    def _run_on_the_cpu_if_the_device_is_absent(self) -> None:
+        """Loaded where its ``device`` is absent (fitted on a GPU, loaded on a CPU machine), the estimator
+        runs on the CPU, with a warning: its tags and head are stored on the CPU (as skorch does)."""
+        if not device_available(self.device):
+            warnings.warn(f"This {type(self).__name__} was saved with device={self.device!r}, which this machine "
+                          f"lacks; it runs on the CPU (device='cpu').", stacklevel=3)
+            self.device = "cpu"
 
     def set_params(self, **params):
         self.__dict__.pop("_model", None)  # parameters such as isolate_segments shape the model built from tags_
