@@ -122,6 +122,8 @@ def load_backbone(
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     device = torch.device(device)
     check_device(device)
+    if device.index is None and device.type not in ("cpu", "meta"):  # "cuda" and "cuda:0" share one copy
+        device = torch.device(device.type, torch.accelerator.current_device_index())
     key = (name_or_path, revision, dtype, device, trust_remote_code)
     with _LOCK:
         if key not in _LOADED:

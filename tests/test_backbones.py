@@ -47,6 +47,12 @@ def test_an_absent_device_is_refused_with_what_to_do(fresh_backbones):
         "after `set_params(device='cpu')` (its tags and head are stored on the CPU)."
     )
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_named_with_or_without_its_index_holds_one_copy(fresh_backbones):
+    current = torch.accelerator.current_device_index()
+    assert load_backbone("tiny-llama", device="cuda") is load_backbone("tiny-llama", device=f"cuda:{current}")
+
+
 def test_fingerprint_identifies_the_model_not_its_dtype(tiny_llama, tiny_gpt2, fresh_backbones):
     fingerprint = tiny_llama.fingerprint
     assert set(fingerprint) == FINGERPRINT_KEYS
