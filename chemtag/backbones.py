@@ -136,20 +136,24 @@ def load_backbone(
 
 
 def device_available(device: torch.device | str) -> bool:
-    """Whether this machine has ``device`` (the CPU always; ``"cuda:1"`` only with two CUDA devices)."""
-    device = torch.device(device)
+    """Whether this machine has ``device`` (the CPU always; ``"cuda:1"`` only with two CUDA devices at run
+    time, whatever torch was built for); ``False`` for a string that names no device."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        return False
     if device.type in ("cpu", "meta"):
         return True
-    accelerator = torch.accelerator.current_accelerator()
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
     return accelerator is not None and accelerator.type == device.type and (
-        device.index is None or device.index < torch.accelerator.device_count())
+        device.index or 0) < torch.accelerator.device_count()
 
 
 def check_device(device: torch.device | str) -> None:
     """Raise a ``RuntimeError`` that says what to do when ``device`` is not on this machine."""
     if device_available(device):
         return
-    accelerator = torch.accelerator.current_accelerator()
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
     here = f"this machine's accelerator is {accelerator.type!r}" if accelerator else "this machine has no accelerator"
     raise RuntimeError(
         f"Device {str(torch.device(device))!r} is not available: {here}. An estimator fitted on a GPU "

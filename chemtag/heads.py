@@ -58,14 +58,14 @@ class LinearHead(nn.Module):
         minimises ``loss_fn`` plus an L2 penalty on its weight by L-BFGS, the penalty chosen from
         :data:`PENALTIES` by :data:`PROBE_FOLDS`-fold cross-validation over the rows (interleaved
         folds; ``groups`` ``(n,)`` keeps copies of one input in one fold), or :data:`DEFAULT_PENALTY` with
-        fewer than two rows a fold. Returns the penalty.
+        fewer than two rows a fold or fewer groups than folds. Returns the penalty.
         """
         normalised = self.norm(readouts.float())
         self.feature_mean.copy_(normalised.mean(dim=0))
         variance = normalised.var(dim=0, unbiased=False)
         self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
         features = self.features(readouts.float())
-        enough = len(features) >= 2 * PROBE_FOLDS
+        enough = len(features) >= 2 * PROBE_FOLDS and (groups is None or len(np.unique(groups)) >= PROBE_FOLDS)
         penalty = self._cross_validated_penalty(features, targets, loss_fn, groups) if enough else DEFAULT_PENALTY
         self._reset_linear()
         self._fit_linear(features, targets, loss_fn, penalty)

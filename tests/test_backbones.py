@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from chemtag import backbones, tiny
-from chemtag.backbones import CACHE_ENV_VAR, DEFAULT_BACKBONE, bundled_backbone_folder, cache_dir, load_backbone
+from chemtag.backbones import (CACHE_ENV_VAR, DEFAULT_BACKBONE, bundled_backbone_folder, cache_dir, device_available,
+                               load_backbone)
 
 FINGERPRINT_KEYS = {"name", "revision", "config_sha256", "vocab_size", "hidden_size"}
 
@@ -38,14 +39,22 @@ def test_backbones_are_shared_per_name_and_dtype(fresh_backbones):
 
 def test_an_absent_device_is_refused_with_what_to_do(fresh_backbones):
     absent_gpu = f"cuda:{torch.cuda.device_count()}"
-    here = (f"this machine's accelerator is {torch.accelerator.current_accelerator().type!r}"
-            if torch.accelerator.is_available() else "this machine has no accelerator")
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    here = f"this machine's accelerator is {accelerator.type!r}" if accelerator else "this machine has no accelerator"
     with pytest.raises(RuntimeError) as error:
         load_backbone("tiny-llama", device=absent_gpu)
     assert str(error.value) == (
         f"Device '{absent_gpu}' is not available: {here}. An estimator fitted on a GPU predicts on the CPU "
         "after `set_params(device='cpu')` (its tags and head are stored on the CPU)."
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_without_a_gpu_cuda_is_absent_whatever_torch_was_built_for():
+    assert device_available("cpu")
+    assert not device_available("cuda") and not device_available("cuda:0")
+    assert not device_available("no-such-device")
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_named_with_or_without_its_index_holds_one_copy(fresh_backbones):

@@ -49,7 +49,8 @@ def test_clone_of_a_fitted_estimator_is_unfitted_with_equal_params():
 
 def test_presets_expose_their_defaults_as_parameters():
     params = QEDRegressor().get_params()
-    assert params["domains"] == {"Drug": "SMILES"} and params["function_tag"] == "QED"
+    assert params["domains"] == {"Drug": "SMILES"} and params["template"].endswith("<QED>")
+    assert params["function_tag"] is None  # the template's last tag
     assert QEDRegressor().set_params(lr=0.5).lr == 0.5
     assert params["loss"] == "squared_error" and clone(QEDRegressor(loss="huber")).loss == "huber"
     with pytest.raises(TypeError, match="^QEDRegressor: got an unexpected keyword argument 'learning_rate'$"):
@@ -253,7 +254,7 @@ def test_a_misspelt_field_in_domains_is_refused_rather_than_read_as_text():
 
 
 def test_a_template_without_fields_is_refused():
-    with pytest.raises(ValueError, match=r"^The template 'Output: <Y>' has no fields, so no input would reach the model"):
+    with pytest.raises(ValueError, match=r"^The template 'Output: <Y>' has no fields, so no input would reach"):
         TagLLMRegressor(template="Output: <Y>", **FAST).fit(pd.DataFrame({"Drug": SMILES}), TARGETS)
 
 

@@ -291,7 +291,8 @@ class TagLLMEstimator(BaseEstimator):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                     or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
-        if self.max_length is not None and (not isinstance(self.max_length, (int, np.integer)) or self.max_length < 1):
+        length = self.max_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1):
             raise ValueError(f"max_length must be a positive integer or None (the backbone's limit), "
                              f"got {self.max_length!r}.")
 

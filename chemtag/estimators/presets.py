@@ -1,9 +1,10 @@
 """Task presets: Tag-LLM's templates with TDC column names and sensible defaults.
 
-Each preset is a :class:`~chemtag.TagLLMRegressor` with other defaults for ``domains``,
-``function_tag`` and ``template``; every parameter can still be set. Columns named as in TDC need
-no arguments; other names go through ``columns``, e.g. ``columns={"Drug": "smiles"}``. 2-D arrays
-are read with the columns in the order of the template's fields.
+Each preset is a :class:`~chemtag.TagLLMRegressor` with other defaults for ``domains`` and
+``template`` (whose last tag, e.g. ``<QED>``, is the function tag); every parameter can still be
+set. Columns named as in TDC need no arguments; other names go through ``columns``, e.g.
+``columns={"Drug": "smiles"}``. 2-D arrays are read with the columns in the order of the template's
+fields.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class QEDRegressor(TagLLMRegressor):
     """SMILES -> QED (RDKit's drug-likeness, 0..1). Input column ``Drug``, as in TDC."""
 
     __init__ = derived_init(
-        TagLLMRegressor, domains={"Drug": "SMILES"}, function_tag="QED",
+        TagLLMRegressor, domains={"Drug": "SMILES"},
         template="Input: The SMILES of the molecule is <SMILES> {Drug}. Output: The QED is <QED>",
     )
 
@@ -32,7 +33,7 @@ class ProteinDescriptorRegressor(TagLLMRegressor):
     """
 
     __init__ = derived_init(
-        TagLLMRegressor, domains={"Target": "Protein"}, function_tag="Descriptor",
+        TagLLMRegressor, domains={"Target": "Protein"},
         template="Input: The protein sequence is <Protein> {Target}. Output: The descriptor is <Descriptor>",
     )
 
@@ -45,7 +46,7 @@ class BindingAffinityRegressor(TagLLMRegressor):
     """
 
     __init__ = derived_init(
-        TagLLMRegressor, domains={"Target": "Protein", "Drug": "SMILES"}, function_tag="BA",
+        TagLLMRegressor, domains={"Target": "Protein", "Drug": "SMILES"},
         template=("Input: The protein sequence is <Protein> {Target}. The SMILES of the drug is <SMILES> {Drug}. "
                   "Output: The binding affinity is <BA>"),
         isolate_segments=True,
@@ -72,7 +73,7 @@ class DrugComboRegressor(TagLLMRegressor):
     """
 
     __init__ = derived_init(
-        TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}, function_tag="DC",
+        TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"},
         template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
                   "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
         pair_order="average", cell_line_features=None,

@@ -88,7 +88,8 @@ def main() -> None:
     n_train, d = len(split.train), backbone.hidden_size
     train, test = slice(0, n_train), slice(n_train, None)
     mean_mse = np.mean((y[test] - y[train].mean()) ** 2)
-    print(f"{args.task}, {n_train:,} train / {len(split.test):,} test, seed {args.seed}; mean predictor MSE {mean_mse:.5g}")
+    print(f"{args.task}, {n_train:,} train / {len(split.test):,} test, seed {args.seed}; "
+          f"mean predictor MSE {mean_mse:.5g}")
     print("| layer | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
     for layer in range(1, features.shape[1] // d + 1):  # 1: the first decoder layer's output
         layer_features = features[:, (layer - 1) * d:layer * d]
