@@ -65,18 +65,19 @@ class LinearHead(nn.Module):
         variance = normalised.var(dim=0, unbiased=False)
         self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
         features = self.features(readouts.float())
-        enough = len(features) >= 2 * PROBE_FOLDS and (groups is None or len(np.unique(groups)) >= PROBE_FOLDS)
-        penalty = self._cross_validated_penalty(features, targets, loss_fn, groups) if enough else DEFAULT_PENALTY
+        group_of_row = np.arange(len(features)) if groups is None else np.unique(groups, return_inverse=True)[1]
+        enough = len(features) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS
+        penalty = (self._cross_validated_penalty(features, targets, loss_fn, group_of_row) if enough
+                   else DEFAULT_PENALTY)
         self._reset_linear()
         self._fit_linear(features, targets, loss_fn, penalty)
         return penalty
 
     def _cross_validated_penalty(self, features: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction,
-                                 groups: np.ndarray | None) -> float:
-        """The penalty of least summed held-out loss over the folds; each fold's fits run strongest first,
-        each starting from the previous one's solution."""
-        order = np.arange(len(features)) if groups is None else np.unique(groups, return_inverse=True)[1]
-        fold = torch.from_numpy(order % PROBE_FOLDS).to(features.device)
+                                 group_of_row: np.ndarray) -> float:
+        """The penalty of least summed held-out loss over the folds (group ``g`` in fold ``g % PROBE_FOLDS``);
+        each fold's fits run strongest first, each starting from the previous one's solution."""
+        fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
         held_out_loss = [0.0] * len(PENALTIES)
         for k in range(PROBE_FOLDS):
             fitted, held = fold != k, fold == k

@@ -289,17 +289,16 @@ def validation_split(n: int, validation_fraction: float, rng: np.random.Generato
                      groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sorted training and validation row indices of ``n`` rows, ``validation_fraction`` of them held out;
     with ``groups`` ``(n,)``, that fraction of the groups, each group's rows on one side."""
-    names, group_of_row = np.unique(groups, return_inverse=True) if groups is not None else (np.arange(n), None)
-    drawn = rng.permutation(len(names))
-    n_valid = int(round(len(names) * validation_fraction)) if validation_fraction else 0
-    if validation_fraction and (n_valid < 1 or n_valid >= len(names)):
-        what = f"{len(names)} groups of rows" if groups is not None else f"{n} rows"
+    group_of_row = np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1]
+    n_groups = int(group_of_row.max()) + 1 if n else 0
+    drawn = rng.permutation(n_groups)
+    n_valid = int(round(n_groups * validation_fraction)) if validation_fraction else 0
+    if validation_fraction and (n_valid < 1 or n_valid >= n_groups):
+        what = f"{n} rows" if groups is None else f"{n_groups} groups of rows"
         raise ValueError(
             f"validation_fraction={validation_fraction} leaves no rows for training or validation with "
             f"{what}; use more rows or validation_fraction=0."
         )
-    if group_of_row is None:
-        return np.sort(drawn[n_valid:]), np.sort(drawn[:n_valid])
     held_out = np.isin(group_of_row, drawn[:n_valid])
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
