@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
                      "results then go to files named {task}-{budget}-{n_train}x{n_test}")
     run.add_argument("--n-test", type=int, help="test rows to draw (default: the budget's)")
     run.add_argument("--backbone", help=f"chemtag's backbone (default: ${BACKBONE_ENV_VAR} or smollm2-135m)")
+    run.add_argument("--device", default="cpu",
+                     help="where chemtag's estimators run, e.g. 'cuda' (default: cpu); the other methods use the CPU")
     run.add_argument("--data-dir", type=Path, default=DATA_DIR,
                      help="data folder (default: ../shared/data); the tdc-* tasks read TDC's layout under it, "
                           "{group}/{benchmark}/train_val|test, as PyTDC's path argument")
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if regression:
         run_many(regression, arguments.budget, arguments.n_train, arguments.n_test,
                  methods=methods, fold=arguments.fold,
-                 seed=arguments.seed, backbone=arguments.backbone, data_dir=arguments.data_dir,
+                 seed=arguments.seed, backbone=arguments.backbone, device=arguments.device,
+                 data_dir=arguments.data_dir,
                  results_dir=arguments.results_dir, img_dir=arguments.img_dir)
     for task in generation:  # --n-train: pairs per trained direction, --n-test: test molecules per direction
         task.run(arguments.budget, arguments.results_dir, n_train=arguments.n_train, n_test=arguments.n_test,

@@ -33,7 +33,7 @@ class Regressor(Protocol):
 
 @dataclass(frozen=True)
 class Context:
-    """What a method is built for: the task, budget and rows, the seed and chemtag's backbone."""
+    """What a method is built for: the task, budget and rows, the seed, chemtag's backbone and its device."""
 
     task: Task
     budget: Budget
@@ -41,6 +41,7 @@ class Context:
     seed: int
     backbone: str
     data_dir: Path
+    device: str = "cpu"
 
     @property
     def template(self) -> str:
@@ -114,7 +115,7 @@ def _chemtag(**params) -> Callable[[Context], Regressor]:
     """The task's preset; proteins are read with the extended IUPAC letters (a Davis kinase has an ``X``)."""
     return lambda context: context.task.estimator(
         backbone=context.backbone, max_epochs=context.budget.tag_epochs, batch_size=context.budget.batch_size,
-        random_state=context.seed, protein_alphabet="extended", verbose=0, **params)
+        random_state=context.seed, device=context.device, protein_alphabet="extended", verbose=0, **params)
 
 
 def _chemtag_without_domain_tags(context: Context) -> Regressor:

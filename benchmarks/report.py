@@ -16,10 +16,11 @@ from benchmarks.metrics import LOWER_IS_BETTER
 
 # cpu_seconds: the process's CPU time over fit and predict (all threads), which other jobs on the machine
 # inflate less than wall time; load_average: the machine's 1-minute load when the method started.
+# device: where chemtag's estimators ran (the other methods run on the CPU).
 # source: where the rows and metrics came from ("suite"; for TDC groups "pytdc-{version}" or "tdc-files").
 RESULT_COLUMNS = ["task", "method", "metric", "value", "fit_seconds", "predict_seconds", "cpu_seconds", "n_train",
-                  "n_test", "budget", "seed", "fold", "backbone", "estimator", "date", "machine", "load_average",
-                  "source"]
+                  "n_test", "budget", "seed", "fold", "backbone", "device", "estimator", "date", "machine",
+                  "load_average", "source"]
 
 
 def merge_into(path: Path, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:

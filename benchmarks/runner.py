@@ -86,11 +86,12 @@ def evaluate(task: Task, scoring: Scoring, y_true: np.ndarray, y_pred: np.ndarra
 
 
 def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = None, *, rows: Rows | None = None,
-        fold: int = 0, seed: int = 0, backbone: str | None = None, data_dir: Path = DATA_DIR,
+        fold: int = 0, seed: int = 0, backbone: str | None = None, device: str = "cpu", data_dir: Path = DATA_DIR,
         results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR, log=print) -> pd.DataFrame:
     """Fit every method on the same training rows, score it on the test rows, write the outputs.
 
-    ``rows`` replaces the budget's rows of ``task``. Writes ``{stem}.csv`` (one row per method and
+    ``rows`` replaces the budget's rows of ``task``; ``device`` is where chemtag's estimators run (the
+    other methods run on the CPU). Writes ``{stem}.csv`` (one row per method and
     metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``,
     and ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir``, with the stem of
     :func:`results_stem`. Returns this run's result rows.
@@ -99,8 +100,9 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
     backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
     data = load_data(task, rows, fold, seed, data_dir)
     scoring = task.scoring()
-    context = Context(task, budget, rows, seed, backbone, data_dir)
+    context = Context(task, budget, rows, seed, backbone, data_dir, device)
     stamp = {"task": task.name, "budget": budget.name, "seed": seed, "fold": fold, "backbone": backbone,
+             "device": device,
              "n_train": len(data.y_train), "n_test": len(data.y_test),
              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
              "source": scoring.source}

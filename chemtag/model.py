@@ -95,7 +95,8 @@ class TaggedModel(nn.Module):
         self.tag_kinds = {tag.name: tag.kind for tag in tags}
         self.tag_length = lengths.pop()
         self.tag_vectors = nn.ParameterDict({
-            tag.name: nn.Parameter(tag.vectors.detach().float().clone(), requires_grad=tag.name in trainable)
+            tag.name: nn.Parameter(tag.vectors.detach().float().to(backbone.device, copy=True),
+                                   requires_grad=tag.name in trainable)
             for tag in tags
         })
         self.head = head
