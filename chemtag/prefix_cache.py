@@ -22,8 +22,10 @@ Keys/values stay in memory up to a byte budget and go to a memory-mapped tempora
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -91,8 +93,25 @@ class _KVStore:
             )
         storage = np.uint16 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
         self._file = tempfile.TemporaryFile(prefix="chemtag-kv-", dir=directory)  # deleted when closed
+        self._reserve(directory)
         array = torch.from_numpy(np.memmap(self._file, dtype=storage, mode="w+", shape=shape))
         self.data = array.view(dtype)
+
+    def _reserve(self, directory: str) -> None:
+        """Allocate the file's blocks now: a disk that other processes fill meanwhile then fails here,
+        with :class:`PrefixCacheTooLarge`, rather than as a bus error when a page is first written."""
+        if not hasattr(os, "posix_fallocate"):  # macOS and Windows: the file grows as it is written
+            return
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, self.nbytes)
+        except OSError as error:
+            self._file.close()
+            if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            raise PrefixCacheTooLarge(
+                f"The prefix cache could not reserve {self.nbytes / 2**30:.1f} GiB in {directory}: "
+                f"{error.strerror}."
+            ) from error
 
     def close(self) -> None:
         """Release the keys/values (and a spilled store's temporary file) now."""

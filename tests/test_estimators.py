@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from chemtag import QEDRegressor, TagLLMClassifier, TagLLMRegressor, losses
+from chemtag.tags import Tag, TagLibrary
 
 FAST = dict(backbone="tiny-llama", max_epochs=2, verbose=0, validation_fraction=0)
 SMILES = ["CCO", "c1ccccc1", "CCN", "CC(=O)O", "CCCC", "c1ccncc1", "CC(C)O", "OCCO", "CCOC", "C1CCCCC1", "CCCl", "CCBr"]
@@ -186,6 +187,15 @@ def test_a_model_fitted_on_the_gpu_predicts_on_the_cpu_in_a_process_without_one(
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout
     np.testing.assert_allclose(np.array(json.loads(output)), model.predict(SMILES), atol=1e-4)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_domain_tags_loaded_on_the_cpu_train_with_a_gpu_backbone(tiny_llama, tmp_path):
+    library = TagLibrary(tiny_llama.fingerprint)
+    library.add(Tag.initialise("SMILES", "domain", tiny_llama))
+    model = QEDRegressor(**FAST, device="cuda", domain_tags=library.save(tmp_path / "tags")).fit(SMILES, TARGETS)
+    assert torch.equal(model.tags_["SMILES"].vectors, library["SMILES"].vectors)  # frozen by default
+    assert np.isfinite(model.predict(SMILES)).all()
+
 
 def test_joblib_round_trip_in_a_fresh_process(tmp_path):
     model = QEDRegressor(**FAST).fit(SMILES, TARGETS)

@@ -8,6 +8,7 @@ the largest gradient entry (float32 rounding differs between the two orders of s
 from __future__ import annotations
 
 import dataclasses
+import errno
 import tempfile
 from types import SimpleNamespace
 
@@ -247,8 +248,16 @@ def test_bf16_predictions_take_the_path_training_took(tiny_gpt2, monkeypatch, tr
     assert bool(computed) == uses_cache
 
 
-def test_a_cache_that_fits_nowhere_falls_back_to_the_full_pass(tiny_llama, monkeypatch, caplog):
-    monkeypatch.setattr("chemtag.prefix_cache.shutil.disk_usage", lambda path: SimpleNamespace(free=0))
+def _disk_filled_by_another_process(fd, offset, length):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("full_disk", ["seen before the file is made", "filled before its blocks are reserved"])
+def test_a_cache_that_fits_nowhere_falls_back_to_the_full_pass(tiny_llama, monkeypatch, caplog, full_disk):
+    if full_disk == "seen before the file is made":
+        monkeypatch.setattr("chemtag.prefix_cache.shutil.disk_usage", lambda path: SimpleNamespace(free=0))
+    else:
+        monkeypatch.setattr("chemtag.prefix_cache.os.posix_fallocate", _disk_filled_by_another_process, raising=False)
     model, reference = make_model(tiny_llama, isolate=True), make_model(tiny_llama, isolate=True)
     prompts = encode(model)
     targets = torch.linspace(-1, 1, len(prompts))[:, None]
