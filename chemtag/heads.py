@@ -18,6 +18,12 @@ PROBE_FOLDS = 5
 """Folds of the cross-validation that chooses the probe's penalty."""
 
 
+def group_index(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Each of ``n`` rows' group as ``0 .. n_groups - 1`` ``(n,)``: ``groups``' distinct values in sorted
+    order, or every row its own group without ``groups``."""
+    return np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1]
+
+
 class LinearHead(nn.Module):
     """``k`` outputs from a ``(B, d)`` hidden state: layer-normalise, standardise each feature, then a
     linear map scaled by ``1/sqrt(d)``.
@@ -65,7 +71,7 @@ class LinearHead(nn.Module):
         variance = normalised.var(dim=0, unbiased=False)
         self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
         features = self.features(readouts.float())
-        group_of_row = np.arange(len(features)) if groups is None else np.unique(groups, return_inverse=True)[1]
+        group_of_row = group_index(groups, len(features))
         enough = len(features) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS
         penalty = (self._cross_validated_penalty(features, targets, loss_fn, group_of_row) if enough
                    else DEFAULT_PENALTY)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from chemtag.checkpoint import Checkpoint, TrainingState, fit_fingerprint
+from chemtag.heads import group_index
 from chemtag.losses import LossFunction
 from chemtag.model import Batch, TaggedModel, autocast
 from chemtag.parallel import ONE_PROCESS, Processes, average_gradients, shard, summed
@@ -289,7 +290,7 @@ def validation_split(n: int, validation_fraction: float, rng: np.random.Generato
                      groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sorted training and validation row indices of ``n`` rows, ``validation_fraction`` of them held out;
     with ``groups`` ``(n,)``, that fraction of the groups, each group's rows on one side."""
-    group_of_row = np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1]
+    group_of_row = group_index(groups, n)
     n_groups = int(group_of_row.max()) + 1 if n else 0
     drawn = rng.permutation(n_groups)
     n_valid = int(round(n_groups * validation_fraction)) if validation_fraction else 0
