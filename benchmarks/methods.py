@@ -153,6 +153,8 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemprop", "chemprop 2.3.1's default MPNN, run by the chemprop CLI in its own environment",
            _chemprop, tasks=("qed",), environment_ready=environment_ready),
     Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag()),
+    Method("chemtag-refit", "chemtag with the head fitted again in closed form after every epoch instead of "
+                            "trained by AdamW (head_training='refit')", _chemtag(head_training="refit")),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
                                 "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),
     Method("chemtag-no-domain-tags", "chemtag with no domain tags: inputs written as plain text in the same "

@@ -31,7 +31,7 @@ from chemtag.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from chemtag.heads import LinearHead
 from chemtag.model import pad_rows
 from chemtag.tags import DEFAULT_TAG_LENGTH
-from chemtag.training import TrainingConfig, length_bucketed_batches, probe_epoch, validation_split, warm_up
+from chemtag.training import TrainingConfig, fit_head, length_bucketed_batches, validation_split, warm_up
 
 POOLINGS = ("mean", "last")
 PEFT_METHODS = ("prompt-tuning", "lora")
@@ -166,7 +166,7 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
                valid_rows: np.ndarray) -> dict:
         """Epoch 0: fit the head to the untrained model's readouts; return its history record."""
         readouts = self._readouts(tokens, np.concatenate([train_rows, valid_rows]))
-        return probe_epoch(self.head_, readouts, targets, train_rows, valid_rows, _loss)
+        return {"epoch": 0, **fit_head(self.head_, readouts, targets, train_rows, valid_rows, _loss)}
 
     def _epoch(self, tokens: list[np.ndarray], targets: torch.Tensor, train_rows: np.ndarray,
                optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:

@@ -49,6 +49,9 @@ _PARTIAL_PREFIX = ".epoch-"
 # TrainingConfig fields that change how a fit runs, not what it computes (``prefix_cache`` is not one:
 # the cached attention differs from the uncached one in the last bits).
 _RUN_SETTINGS = ("verbose", "cache_memory_bytes", "checkpoint_dir")
+# TrainingConfig fields added after checkpoints were first written, with the value that the fits before
+# them had: left out of the fingerprint at that value, so that those checkpoints still resume.
+_LATER_SETTINGS = {"head_training": "joint"}
 
 
 @dataclass
@@ -146,7 +149,8 @@ def fit_fingerprint(model: TaggedModel, prompts: EncodedPrompts, targets: torch.
     (tags, head, which tags train), the prompts' tokens, the targets, the loss (by name: see
     :func:`_callable_name`), the training settings, the epoch it starts at (a warm start is another fit)
     and the rows' groups where given. Equal for the same fit in any process."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUN_SETTINGS}
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in _RUN_SETTINGS and (k not in _LATER_SETTINGS or v != _LATER_SETTINGS[k])}
     fingerprint = {
         "backbone": model.backbone.fingerprint,
         "model": {

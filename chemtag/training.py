@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 Batcher = Callable[[Sequence[int]], Batch]
 
+HEAD_TRAININGS = ("joint", "refit")
+"""The values of ``TrainingConfig.head_training``."""
+
 
 @dataclass
 class TrainingConfig:
@@ -45,6 +48,13 @@ class TrainingConfig:
     ``warmup_steps``: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over a fit's
     first optimizer steps, so that Adam's first, sign-like steps do not throw the tags away from where
     the probe-fitted head expects them.
+    ``head_training`` says how the head learns after the probe: ``"joint"`` trains it with the tags by
+    AdamW; ``"refit"`` (a head with ``initialise`` only) keeps it fixed during each epoch's tag steps
+    and fits it again after every epoch, as the probe is, to the readouts of the moved tags, so that the
+    tags always train against the head that is best for their current readouts (an alternating,
+    variable-projection scheme; an epoch's training loss is then the refitted head's, and its cost one
+    extra forward pass over the training rows). ``"refit"`` starts every fresh fit with the probe,
+    whatever ``initialise_head`` says.
     ``checkpoint_dir`` (a folder) receives a checkpoint after every epoch, epoch 0 included; a fit
     that finds its own checkpoint there resumes after its last epoch from the state saved and ends as
     the uninterrupted fit would have (bit for bit on the same machine). A completed fit's checkpoint
@@ -65,6 +75,7 @@ class TrainingConfig:
     cache_memory_bytes: int = DEFAULT_MEMORY_BYTES
     initialise_head: bool = True
     warmup_steps: int = 100
+    head_training: str = "joint"
     checkpoint_dir: str | Path | None = None
 
 
@@ -109,7 +120,9 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     rng = np.random.default_rng(config.random_state)
     train_rows, valid_rows = validation_split(len(prompts), config.validation_fraction, rng, groups)
     torch_rng = torch.Generator().manual_seed(int(rng.integers(2**31))).get_state()
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    refit_head = _refits_head(model, config)
+    head_parameters = set(model.head.parameters()) if refit_head else set()
+    parameters = [p for p in model.parameters() if p.requires_grad and p not in head_parameters]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     best_loss, best_state, stale = math.inf, None, 0
     checkpoint = None
@@ -142,7 +155,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         targets = targets.to(model.backbone.device)
         lengths = prompts.lengths
 
-        if config.initialise_head and not history and hasattr(model.head, "initialise"):
+        if (config.initialise_head or refit_head) and not history and hasattr(model.head, "initialise"):
             record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
                                       processes, groups)
             history.append(record)
@@ -156,6 +169,9 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                     started = time.perf_counter()
                     record = {"epoch": epoch, **_epoch(model, optimizer, batcher, targets, lengths, train_rows,
                                                        valid_rows, loss_fn, config, processes, rng, epoch)}
+                    if refit_head:
+                        record.update(_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn,
+                                                  config, processes, groups))
                     monitored = record.get("valid_loss", record["train_loss"])
                     record["best"] = monitored < best_loss
                     record["seconds"] = time.perf_counter() - started
@@ -185,7 +201,8 @@ def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batche
            lengths: np.ndarray, train_rows: np.ndarray, valid_rows: np.ndarray, loss_fn: LossFunction,
            config: TrainingConfig, processes: Processes, rng: np.random.Generator, epoch: int) -> dict:
     """One pass of steps over ``train_rows`` in length-bucketed batches (this process's shard of them),
-    then the validation loss: ``{"train_loss": ..., "valid_loss": ...}``, combined over the processes."""
+    then, with ``head_training="joint"``, the validation loss: ``{"train_loss": ..., "valid_loss": ...}``,
+    combined over the processes."""
     batches = length_bucketed_batches(lengths[train_rows], config.batch_size, rng)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
@@ -196,7 +213,7 @@ def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batche
         rows = train_rows[batch_rows]
         with autocast(model.backbone.device, config.bf16):
             loss = loss_fn(model(batcher(rows)), targets[rows])
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)  # the head's gradients too where they are not stepped
         loss.backward()
         average_gradients(parameters, processes)
         warm_up(optimizer, config.lr, config.warmup_steps)
@@ -206,7 +223,7 @@ def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batche
         progress.set_postfix(loss=f"{total / seen:.4f}")
     total, seen = summed(torch.tensor([total, seen], dtype=torch.float64), processes).tolist()
     losses = {"train_loss": total / seen}
-    if len(valid_rows):
+    if len(valid_rows) and config.head_training == "joint":
         outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16, processes=processes)
         losses["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
     return losses
@@ -235,29 +252,50 @@ def _keep_best(model: TaggedModel, best_state: dict[str, torch.Tensor] | None) -
     model.eval()
 
 
-def probe_epoch(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Tensor, train_rows: np.ndarray,
-                valid_rows: np.ndarray, loss_fn: LossFunction, groups: np.ndarray | None = None) -> dict:
-    """Epoch 0: fit ``head`` to fixed ``readouts`` ``(len(train_rows) + len(valid_rows), d)`` (training rows
-    first) with its ``initialise`` (``groups`` of all rows: see :func:`train`); the history record of its
-    training (and validation) loss."""
+def fit_head(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Tensor, train_rows: np.ndarray,
+             valid_rows: np.ndarray, loss_fn: LossFunction, groups: np.ndarray | None = None) -> dict:
+    """Fit ``head`` to fixed ``readouts`` ``(len(train_rows) + len(valid_rows), d)`` (training rows first)
+    with its ``initialise`` (``groups`` of all rows: see :func:`train`); the fitted head's training (and
+    validation) loss, ``{"train_loss": ..., "valid_loss": ...}``."""
     train_readouts, valid_readouts = readouts[:len(train_rows)], readouts[len(train_rows):]
     head.initialise(train_readouts, targets[train_rows], loss_fn, None if groups is None else groups[train_rows])
     with torch.no_grad():
-        record = {"epoch": 0, "train_loss": loss_fn(head(train_readouts), targets[train_rows]).item()}
+        losses = {"train_loss": loss_fn(head(train_readouts), targets[train_rows]).item()}
         if len(valid_rows):
-            record["valid_loss"] = loss_fn(head(valid_readouts), targets[valid_rows]).item()
-    return record
+            losses["valid_loss"] = loss_fn(head(valid_readouts), targets[valid_rows]).item()
+    return losses
+
+
+def _refits_head(model: TaggedModel, config: TrainingConfig) -> bool:
+    """Whether ``config`` refits the head after every epoch; refuses an unknown setting, or ``"refit"``
+    for a head that cannot be fitted in closed form."""
+    if config.head_training not in HEAD_TRAININGS:
+        raise ValueError(f"head_training must be one of {HEAD_TRAININGS}, got {config.head_training!r}.")
+    refit = config.head_training == "refit"
+    if refit and not hasattr(model.head, "initialise"):
+        raise ValueError(f"head_training='refit' needs a head with an initialise method (such as LinearHead); "
+                         f"{type(model.head).__name__} has none.")
+    return refit
+
+
+def _refit_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
+                lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction, config: TrainingConfig,
+                processes: Processes, groups: np.ndarray | None) -> dict:
+    """Fit the head, as the probe is, to the readouts of the current tags: the refitted head's training
+    (and validation) loss. All ``processes`` fit to the same readouts, so they hold the same head."""
+    readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
+                        config.bf16, readouts_only=True, processes=processes)
+    return fit_head(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn, groups)
 
 
 def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
                      config: TrainingConfig, processes: Processes, groups: np.ndarray | None) -> dict:
     """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's
-    record, the best so far where validation rows score it. All ``processes`` fit to the same readouts."""
+    record, the best so far where validation rows score it."""
     started = time.perf_counter()
-    readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
-                        config.bf16, readouts_only=True, processes=processes)
-    record = probe_epoch(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn, groups)
+    record = {"epoch": 0, **_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
+                                        processes, groups)}
     # Only held-out rows can rank the probe against trained epochs: its own training loss is a fit's optimum.
     record.update(best=bool(len(valid_rows)), seconds=time.perf_counter() - started)
     if config.verbose > 0:

@@ -78,13 +78,14 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def test_a_fit_interrupted_midway_resumes_to_the_uninterrupted_result(tiny_llama, tmp_path):
-    _, interrupted = _fit(tiny_llama, tmp_path, InterruptingLoss(tmp_path / "epoch-0002"))
+@pytest.mark.parametrize("head_training", ["joint", "refit"])
+def test_a_fit_interrupted_midway_resumes_to_the_uninterrupted_result(tiny_llama, tmp_path, head_training):
+    _, interrupted = _fit(tiny_llama, tmp_path, InterruptingLoss(tmp_path / "epoch-0002"), head_training=head_training)
     assert [record["epoch"] for record in interrupted] == [0, 1, 2], "interrupted during epoch 3"
 
-    resumed, history = _fit(tiny_llama, tmp_path)
+    resumed, history = _fit(tiny_llama, tmp_path, head_training=head_training)
     assert history[:3] == interrupted, "epochs 0 to 2 come from the checkpoint, timings included"
-    reference, reference_history = _fit(tiny_llama)
+    reference, reference_history = _fit(tiny_llama, head_training=head_training)
     _assert_same_state(resumed, reference)
     assert _without_timings(history) == _without_timings(reference_history)
 
@@ -135,6 +136,7 @@ def test_an_early_stopped_fit_is_complete_too(tiny_llama, tmp_path):
     (dict(targets_seed=1), "targets"),
     (dict(lr=0.5), "training.lr"),
     (dict(max_epochs=2), "training.max_epochs"),
+    (dict(head_training="refit"), "training.head_training"),
     (dict(loss=torch.nn.functional.l1_loss), "loss"),
     (dict(groups=np.arange(ROWS) // 2), "groups"),
 ])

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from chemtag import QEDRegressor, TagLLMClassifier, TagLLMRegressor, losses
+from chemtag.heads import LinearHead
 from chemtag.tags import Tag, TagLibrary
 
 FAST = dict(backbone="tiny-llama", max_epochs=2, verbose=0, validation_fraction=0)
@@ -82,6 +83,21 @@ def test_huber_loss_is_squared_within_one_standard_deviation_and_linear_beyond()
 def test_an_unknown_loss_is_refused_before_fitting():
     with pytest.raises(ValueError, match=r"^loss must be one of \('squared_error', 'huber'\), got 'l1'\.$"):
         QEDRegressor(loss="l1", **FAST).fit(SMILES, TARGETS)
+
+
+def test_a_refitted_head_is_fitted_again_after_every_epoch(monkeypatch):
+    fits = []
+    initialise = LinearHead.initialise
+
+    def counting(head, *args, **kwargs):
+        fits.append(len(args[0]))
+        return initialise(head, *args, **kwargs)
+
+    monkeypatch.setattr(LinearHead, "initialise", counting)
+    model = QEDRegressor(head_training="refit", **FAST).fit(SMILES, TARGETS)
+    assert [record["epoch"] for record in model.history_] == [0, 1, 2]
+    assert fits == [len(SMILES)] * 3, "the probe, then once after each epoch, on the training rows"
+    assert np.isfinite(model.predict(SMILES)).all()
 
 
 def test_seeded_fits_predict_identically():

@@ -168,6 +168,8 @@ def test_targets_are_validated_in_the_output_domain():
         TagLLMGenerator(output_domain="SMILES", **QUICK).fit(pd.DataFrame({"x": ["a", "b"]}), ["CCO", "C(C"])
     with pytest.raises(ValueError, match="isolate_segments=False"):
         TagLLMGenerator(isolate_segments=True, **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
+    with pytest.raises(ValueError, match="^TagLLMGenerator needs head_training='joint': its head is the backbone's own"):
+        TagLLMGenerator(head_training="refit", **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
     with pytest.raises(ValueError, match="num_beams must be a positive integer"):
         TagLLMGenerator(num_beams=0, **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from chemtag.heads import LinearHead
-from chemtag.model import TaggedModel
+from chemtag.model import Batch, TaggedModel
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
 from chemtag.training import TrainingConfig, length_bucketed_batches, predict, train, validation_split, warm_up
@@ -111,6 +113,59 @@ def test_the_head_is_fitted_only_when_asked_and_only_at_the_start_of_a_fit(tiny_
     history = train(fresh, prompts, targets, mse, _config(max_epochs=2), history=history)
     assert [record["epoch"] for record in history] == [0, 1, 2, 3], "a continued fit keeps its head"
     assert torch.equal(fresh.head.feature_mean, statistics)
+
+
+def test_refitting_the_head_leaves_it_fitted_to_the_trained_tags_readouts(tiny_llama):
+    texts = _strings(48, seed=9)
+    model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+    prompts = _prompts(model, texts)
+    targets = torch.tensor([[text.count("C") - 4.0] for text in texts])
+    untrained_tag = model.tag_vectors["Count"].clone()
+    config = _config(max_epochs=2, lr=1e-2, validation_fraction=0, head_training="refit", initialise_head=False,
+                     prefix_cache=False)
+    history = train(model, prompts, targets, mse, config)
+
+    assert [record["epoch"] for record in history] == [0, 1, 2], "refitting starts from the probe"
+    assert not torch.equal(model.tag_vectors["Count"], untrained_tag), "the tag trained"
+    probe = LinearHead(tiny_llama.hidden_size, 1)
+    readouts = _readouts(model, prompts)
+    probe.initialise(readouts, targets, mse)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(readouts), probe(readouts), atol=1e-4, rtol=1e-4)
+        best = min(record["train_loss"] for record in history)
+        assert mse(model.head(readouts), targets).item() == pytest.approx(best, rel=1e-4)
+
+
+def test_joint_training_moves_the_head_away_from_the_probe(tiny_llama):
+    texts = _strings(48, seed=9)
+    model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+    prompts = _prompts(model, texts)
+    targets = torch.tensor([[text.count("C") - 4.0] for text in texts])
+    train(model, prompts, targets, mse, _config(max_epochs=2, lr=1e-2, validation_fraction=0, patience=5))
+    probe = LinearHead(tiny_llama.hidden_size, 1)
+    readouts = _readouts(model, prompts)
+    probe.initialise(readouts, targets, mse)
+    with torch.no_grad():
+        assert not torch.allclose(model.head(readouts), probe(readouts), atol=1e-4, rtol=1e-4)
+
+
+def _readouts(model: TaggedModel, prompts: EncodedPrompts) -> torch.Tensor:
+    """The model's readout states ``(n, d)`` of ``prompts``, one prompt at a time (no padding)."""
+    pad_id = model.backbone.tokenizer.pad_token_id
+    with torch.no_grad():
+        return torch.cat([model.readout_states(Batch.collate(prompts, [row], pad_id, model.backbone.device))
+                          for row in range(len(prompts))])
+
+
+def test_head_training_is_checked(tiny_llama):
+    model = _model(tiny_llama)
+    prompts, targets = _prompts(model, _strings(16, seed=5)), _noise(16)
+    with pytest.raises(ValueError, match=r"^head_training must be one of \('joint', 'refit'\), got 'closed'\.$"):
+        train(model, prompts, targets, mse, _config(head_training="closed"))
+    message = ("head_training='refit' needs a head with an initialise method (such as LinearHead); "
+               "Linear has none.")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        train(model, prompts, targets, mse, _config(head_training="refit"))
 
 
 class RecordingLoss:

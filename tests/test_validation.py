@@ -115,6 +115,7 @@ def test_unknown_domain_and_bad_parameters_are_refused():
     ("max_length", 0, "max_length must be a positive integer or None (the backbone's limit), got 0."),
     ("batch_size", 0, "batch_size must be a positive integer, got 0."),
     ("validation_fraction", 1.0, "validation_fraction must be in [0, 1), got 1.0."),
+    ("head_training", "closed_form", "head_training must be one of ('joint', 'refit'), got 'closed_form'."),
 ])
 def test_bad_training_parameters_are_refused_before_any_compute(name, value, message, monkeypatch):
     monkeypatch.setattr(QEDRegressor, "_backbone", lambda self: pytest.fail("the backbone was loaded"))

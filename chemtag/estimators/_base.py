@@ -28,7 +28,7 @@ from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
-from chemtag.training import TrainingConfig, predict, train
+from chemtag.training import HEAD_TRAININGS, TrainingConfig, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
 
 DEFAULT_FUNCTION_TAG = "Output"  # the default template's, where function_tag is None
@@ -69,6 +69,7 @@ class TagLLMEstimator(BaseEstimator):
         weight_decay: float = 0.0,
         validation_fraction: float = 0.1,
         patience: int = 5,
+        head_training: str = "joint",
         max_length: int | None = None,
         on_invalid: str = "raise",
         protein_alphabet: str = "standard",
@@ -95,6 +96,7 @@ class TagLLMEstimator(BaseEstimator):
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.head_training = head_training
         self.max_length = max_length
         self.on_invalid = on_invalid
         self.protein_alphabet = protein_alphabet
@@ -284,6 +286,8 @@ class TagLLMEstimator(BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.head_training not in HEAD_TRAININGS:
+            raise ValueError(f"head_training must be one of {HEAD_TRAININGS}, got {self.head_training!r}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
         for name in ("lr", "weight_decay"):
@@ -300,7 +304,8 @@ class TagLLMEstimator(BaseEstimator):
         """How to train on ``n_rows`` rows, from the estimator's parameters."""
         return TrainingConfig(
             max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            validation_fraction=self._validation_fraction(n_rows), patience=self.patience, bf16=self.bf16,
+            validation_fraction=self._validation_fraction(n_rows), patience=self.patience,
+            head_training=self.head_training, bf16=self.bf16,
             verbose=self.verbose, random_state=self.random_state, checkpoint_dir=self.checkpoint_dir,
             cache_memory_bytes=self.cache_memory_bytes,
         )

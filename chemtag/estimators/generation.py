@@ -62,7 +62,7 @@ class TagLLMGenerator(TagLLMEstimator):
         1 for greedy decoding, more for beam search.
 
     The other parameters are those of :class:`~chemtag.TagLLMRegressor`; ``isolate_segments`` must
-    stay False (generated text attends to the whole prompt). The early-stopping loss is the mean
+    stay False (generated text attends to the whole prompt) and ``head_training`` ``"joint"``. The early-stopping loss is the mean
     target-token cross-entropy of the validation rows. Attributes are those of the regressor but
     ``head_``, which is empty (the head is the backbone's own).
     """
@@ -140,6 +140,9 @@ class TagLLMGenerator(TagLLMEstimator):
         if self.isolate_segments:
             raise ValueError(f"{type(self).__name__} needs isolate_segments=False: generated text attends to the "
                              f"whole prompt.")
+        if self.head_training != "joint":
+            raise ValueError(f"{type(self).__name__} needs head_training='joint': its head is the backbone's own "
+                             f"LM head, which stays frozen and has no closed-form fit.")
         self._check_output_params()
 
     def _check_output_params(self) -> None:

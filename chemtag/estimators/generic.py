@@ -56,6 +56,10 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         Share of rows held out for early stopping (0 to train on all rows for ``max_epochs``).
     patience : int
         Epochs without validation improvement before stopping; the best epoch's weights are restored.
+    head_training : {"joint", "refit"}
+        After the probe, train the head with the tags by AdamW, or keep it fixed during each epoch and
+        fit it again, as the probe is, to the moved tags' readouts after every epoch (costs one more
+        forward pass over the training rows per epoch; see docs/training.md).
     max_length : int, optional
         Longest prompt in tokens; longer rows are refused with their positions. Default: the backbone's limit.
     on_invalid : {"raise", "nan"}
