@@ -160,7 +160,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                                       processes, groups)
             history.append(record)
             if record["best"]:
-                best_loss, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
+                best_loss, best_state = _monitored(record), copy.deepcopy(model.state_dict())
             save_checkpoint(torch_rng, complete=config.max_epochs == 0)
         try:
             with torch.random.fork_rng(devices=[]):
@@ -172,7 +172,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                     if refit_head:
                         record.update(_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn,
                                                   config, processes, groups))
-                    monitored = record.get("valid_loss", record["train_loss"])
+                    monitored = _monitored(record)
                     record["best"] = monitored < best_loss
                     record["seconds"] = time.perf_counter() - started
                     history.append(record)
@@ -227,6 +227,11 @@ def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batche
         outputs = _outputs(model, batcher, valid_rows, lengths, config.batch_size, config.bf16, processes=processes)
         losses["valid_loss"] = loss_fn(outputs, targets[valid_rows].cpu()).item()
     return losses
+
+
+def _monitored(record: dict) -> float:
+    """The loss that ranks an epoch's record: its validation loss, or its training loss without validation rows."""
+    return record.get("valid_loss", record["train_loss"])
 
 
 def warm_up(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int) -> None:
@@ -296,8 +301,10 @@ def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarra
     started = time.perf_counter()
     record = {"epoch": 0, **_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
                                         processes, groups)}
-    # Only held-out rows can rank the probe against trained epochs: its own training loss is a fit's optimum.
-    record.update(best=bool(len(valid_rows)), seconds=time.perf_counter() - started)
+    # Only held-out rows can rank the probe against jointly trained epochs: its own training loss is a fit's
+    # optimum, as every epoch's is when the head is refitted.
+    comparable = bool(len(valid_rows)) or config.head_training == "refit"
+    record.update(best=comparable, seconds=time.perf_counter() - started)
     if config.verbose > 0:
         tqdm.write(_describe(record) + "  (head fitted to the initial readouts)")
     return record

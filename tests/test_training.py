@@ -126,6 +126,7 @@ def test_refitting_the_head_leaves_it_fitted_to_the_trained_tags_readouts(tiny_l
     history = train(model, prompts, targets, mse, config)
 
     assert [record["epoch"] for record in history] == [0, 1, 2], "refitting starts from the probe"
+    assert history[0]["best"], "every epoch's training loss is a fitted head's: the probe's is comparable"
     assert not torch.equal(model.tag_vectors["Count"], untrained_tag), "the tag trained"
     probe = LinearHead(tiny_llama.hidden_size, 1)
     readouts = _readouts(model, prompts)
