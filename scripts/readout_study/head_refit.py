@@ -9,7 +9,9 @@ fits ``QEDRegressor`` on a seeded qed subsample with the training loop's head tr
 - ``refit``: the head stays fixed during each epoch and is fitted again, as the probe is, to the
   readouts of the moved tag after it (each epoch's losses are those of the refitted head).
 
-It wraps two private steps of :mod:`chemtag.training`, so it follows that module's internals.
+The ``refit`` treatment is what the estimators' ``head_training="refit"`` ships; this script also prints
+each epoch's losses with the head the epoch's tag steps ran against, before the refit. It wraps two
+private steps of :mod:`chemtag.training`, so it follows that module's internals.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/head_refit.py --variant refit --n-train 600
 """
@@ -42,7 +44,7 @@ def _epoch_then_refit(model, optimizer, batcher, targets, lengths, train_rows, v
     readouts = training._outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths,
                                  config.batch_size, config.bf16, readouts_only=True, processes=processes)
     model.head.requires_grad_(True)  # the probe's own fit needs the gradient
-    refit = training.probe_epoch(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn)
+    refit = training.fit_head(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn)
     model.head.requires_grad_(False)
     print(f"epoch {epoch}: train / valid loss {during['train_loss']:.4f} / {during['valid_loss']:.4f} with the "
           f"epoch's head, {refit['train_loss']:.4f} / {refit['valid_loss']:.4f} refitted", flush=True)
