@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int, default=None)
     fit.add_argument("--batch-size", type=int, default=None)
     fit.add_argument("--lr", type=float, default=None)
+    fit.add_argument("--head-training", metavar="{joint,refit}", default=None,
+                     help="after the initial probe, train the head with the tags (joint, the default) or fit it "
+                          "again in closed form after every epoch (refit)")
     fit.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the backbone")
     fit.add_argument("--device", default=None, help="e.g. cpu or cuda")
     fit.add_argument("--on-invalid", choices=("raise", "nan"), default=None,
@@ -127,7 +130,7 @@ def _fit(args) -> None:
     options = {
         "columns": _pairs(args.column, "--column") or None, "backbone": args.backbone, "max_epochs": args.max_epochs,
         "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "on_invalid": args.on_invalid,
-        "bf16": args.bf16 or None, "verbose": 0 if args.quiet else None,
+        "bf16": args.bf16 or None, "head_training": args.head_training, "verbose": 0 if args.quiet else None,
     }
     if args.task in ("regression", "classification"):
         options |= {"domains": _pairs(args.domain, "--domain") or None, "function_tag": args.function_tag}

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from chemtag.cli import main
+from chemtag.persistence import load_estimator
 
 SMILES = ["CCO", "c1ccccc1", "CCN", "CC(=O)O", "CCCC", "c1ccncc1"]
 
@@ -36,6 +37,16 @@ def test_invalid_rows_stop_predict_with_the_estimator_message(tmp_path, train_cs
     pd.DataFrame({"smiles": ["CCO", "C1CC"]}).to_csv(test_csv, index=False)
     assert main(["predict", str(model), str(test_csv), "-o", str(tmp_path / "preds.csv")]) == 2
     assert "chemtag predict: error: Invalid SMILES in column 'smiles' at 1 of 2 rows: 1 ('C1CC')." in capsys.readouterr().err
+
+
+def test_fit_options_reach_the_estimator_and_bad_values_get_its_message(tmp_path, train_csv, capsys):
+    fit = ["fit", str(train_csv), "--task", "qed", "--column", "Drug=smiles", "--backbone", "tiny-llama",
+           "--max-epochs", "1", "--quiet"]
+    assert main([*fit, "--head-training", "refit", "-o", str(tmp_path / "model")]) == 0
+    assert load_estimator(tmp_path / "model").head_training == "refit"
+    assert main([*fit, "--head-training", "ridge", "-o", str(tmp_path / "other")]) == 2
+    message = "chemtag fit: error: head_training must be one of ('joint', 'refit'), got 'ridge'."
+    assert message in capsys.readouterr().err
 
 
 def test_missing_target_column_is_a_clear_error(tmp_path, train_csv, capsys):
