@@ -271,11 +271,16 @@ def fit_head(head: torch.nn.Module, readouts: torch.Tensor, targets: torch.Tenso
     return losses
 
 
+def check_head_training(head_training: str) -> None:
+    """Refuse a ``head_training`` that is not one of :data:`HEAD_TRAININGS`."""
+    if head_training not in HEAD_TRAININGS:
+        raise ValueError(f"head_training must be one of {HEAD_TRAININGS}, got {head_training!r}.")
+
+
 def _refits_head(model: TaggedModel, config: TrainingConfig) -> bool:
     """Whether ``config`` refits the head after every epoch; refuses an unknown setting, or ``"refit"``
     for a head that cannot be fitted in closed form."""
-    if config.head_training not in HEAD_TRAININGS:
-        raise ValueError(f"head_training must be one of {HEAD_TRAININGS}, got {config.head_training!r}.")
+    check_head_training(config.head_training)
     refit = config.head_training == "refit"
     if refit and not hasattr(model.head, "initialise"):
         raise ValueError(f"head_training='refit' needs a head with an initialise method (such as LinearHead); "
@@ -297,7 +302,7 @@ def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarra
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
                      config: TrainingConfig, processes: Processes, groups: np.ndarray | None) -> dict:
     """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's
-    record, the best so far where validation rows score it."""
+    record, the best so far where validation rows score it or every epoch's head is refitted."""
     started = time.perf_counter()
     record = {"epoch": 0, **_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
                                         processes, groups)}

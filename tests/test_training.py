@@ -115,47 +115,41 @@ def test_the_head_is_fitted_only_when_asked_and_only_at_the_start_of_a_fit(tiny_
     assert torch.equal(fresh.head.feature_mean, statistics)
 
 
-def test_refitting_the_head_leaves_it_fitted_to_the_trained_tags_readouts(tiny_llama):
+def _fit_counting_and_probe(backbone, **settings) -> tuple[TaggedModel, list[dict], torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]:
+    """Fit a LinearHead model to count "C" (2 epochs, lr 1e-2, no validation rows, ``settings``); the model,
+    its history, its head's outputs and a fresh probe's outputs on its readouts of the rows, and the targets."""
     texts = _strings(48, seed=9)
-    model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+    model = _model(backbone, head=LinearHead(backbone.hidden_size, 1))
     prompts = _prompts(model, texts)
     targets = torch.tensor([[text.count("C") - 4.0] for text in texts])
-    untrained_tag = model.tag_vectors["Count"].clone()
-    config = _config(max_epochs=2, lr=1e-2, validation_fraction=0, head_training="refit", initialise_head=False,
-                     prefix_cache=False)
-    history = train(model, prompts, targets, mse, config)
+    history = train(model, prompts, targets, mse, _config(max_epochs=2, lr=1e-2, validation_fraction=0, **settings))
+    pad_id = backbone.tokenizer.pad_token_id
+    probe = LinearHead(backbone.hidden_size, 1)
+    with torch.no_grad():  # one prompt at a time: no padding
+        readouts = torch.cat([model.readout_states(Batch.collate(prompts, [row], pad_id, backbone.device))
+                              for row in range(len(prompts))])
+    probe.initialise(readouts, targets, mse)
+    with torch.no_grad():
+        return model, history, model.head(readouts), probe(readouts), targets
+
+
+def test_refitting_the_head_leaves_it_fitted_to_the_trained_tags_readouts(tiny_llama):
+    untrained_tag = _model(tiny_llama).tag_vectors["Count"]
+    model, history, head_outputs, probe_outputs, targets = _fit_counting_and_probe(
+        tiny_llama, head_training="refit", initialise_head=False, prefix_cache=False)
 
     assert [record["epoch"] for record in history] == [0, 1, 2], "refitting starts from the probe"
     assert history[0]["best"], "every epoch's training loss is a fitted head's: the probe's is comparable"
     assert not torch.equal(model.tag_vectors["Count"], untrained_tag), "the tag trained"
-    probe = LinearHead(tiny_llama.hidden_size, 1)
-    readouts = _readouts(model, prompts)
-    probe.initialise(readouts, targets, mse)
-    with torch.no_grad():
-        torch.testing.assert_close(model.head(readouts), probe(readouts), atol=1e-4, rtol=1e-4)
-        best = min(record["train_loss"] for record in history)
-        assert mse(model.head(readouts), targets).item() == pytest.approx(best, rel=1e-4)
+    torch.testing.assert_close(head_outputs, probe_outputs, atol=1e-4, rtol=1e-4)
+    best = min(record["train_loss"] for record in history)
+    assert mse(head_outputs, targets).item() == pytest.approx(best, rel=1e-4)
 
 
 def test_joint_training_moves_the_head_away_from_the_probe(tiny_llama):
-    texts = _strings(48, seed=9)
-    model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
-    prompts = _prompts(model, texts)
-    targets = torch.tensor([[text.count("C") - 4.0] for text in texts])
-    train(model, prompts, targets, mse, _config(max_epochs=2, lr=1e-2, validation_fraction=0, patience=5))
-    probe = LinearHead(tiny_llama.hidden_size, 1)
-    readouts = _readouts(model, prompts)
-    probe.initialise(readouts, targets, mse)
-    with torch.no_grad():
-        assert not torch.allclose(model.head(readouts), probe(readouts), atol=1e-4, rtol=1e-4)
-
-
-def _readouts(model: TaggedModel, prompts: EncodedPrompts) -> torch.Tensor:
-    """The model's readout states ``(n, d)`` of ``prompts``, one prompt at a time (no padding)."""
-    pad_id = model.backbone.tokenizer.pad_token_id
-    with torch.no_grad():
-        return torch.cat([model.readout_states(Batch.collate(prompts, [row], pad_id, model.backbone.device))
-                          for row in range(len(prompts))])
+    _, _, head_outputs, probe_outputs, _ = _fit_counting_and_probe(tiny_llama, patience=5)
+    assert not torch.allclose(head_outputs, probe_outputs, atol=1e-4, rtol=1e-4)
 
 
 def test_head_training_is_checked(tiny_llama):

@@ -28,7 +28,7 @@ from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
-from chemtag.training import HEAD_TRAININGS, TrainingConfig, predict, train
+from chemtag.training import TrainingConfig, check_head_training, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
 
 DEFAULT_FUNCTION_TAG = "Output"  # the default template's, where function_tag is None
@@ -286,8 +286,7 @@ class TagLLMEstimator(BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.head_training not in HEAD_TRAININGS:
-            raise ValueError(f"head_training must be one of {HEAD_TRAININGS}, got {self.head_training!r}.")
+        check_head_training(self.head_training)
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
         for name in ("lr", "weight_decay"):

@@ -62,9 +62,9 @@ class TagLLMGenerator(TagLLMEstimator):
         1 for greedy decoding, more for beam search.
 
     The other parameters are those of :class:`~chemtag.TagLLMRegressor`; ``isolate_segments`` must
-    stay False (generated text attends to the whole prompt) and ``head_training`` ``"joint"``. The early-stopping loss is the mean
-    target-token cross-entropy of the validation rows. Attributes are those of the regressor but
-    ``head_``, which is empty (the head is the backbone's own).
+    stay False (generated text attends to the whole prompt) and ``head_training`` ``"joint"``. The
+    early-stopping loss is the mean target-token cross-entropy of the validation rows. Attributes are
+    those of the regressor but ``head_``, which is empty (the head is the backbone's own).
     """
 
     __init__ = derived_init(TagLLMEstimator, output_domain="Text", max_new_tokens=64, num_beams=1)

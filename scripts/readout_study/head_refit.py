@@ -10,7 +10,7 @@ fits ``QEDRegressor`` on a seeded qed subsample with the training loop's head tr
   readouts of the moved tag after it (each epoch's losses are those of the refitted head).
 
 The ``refit`` treatment is what the estimators' ``head_training="refit"`` ships; this script also prints
-each epoch's losses with the head the epoch's tag steps ran against, before the refit. It wraps two
+each epoch's losses with the head the epoch's tag steps ran against, before the refit. It wraps three
 private steps of :mod:`chemtag.training`, so it follows that module's internals.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/head_refit.py --variant refit --n-train 600
@@ -41,10 +41,9 @@ def _epoch_then_refit(model, optimizer, batcher, targets, lengths, train_rows, v
                       processes, rng, epoch) -> dict:
     during = _epoch(model, optimizer, batcher, targets, lengths, train_rows, valid_rows, loss_fn, config,
                     processes, rng, epoch)
-    readouts = training._outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths,
-                                 config.batch_size, config.bf16, readouts_only=True, processes=processes)
     model.head.requires_grad_(True)  # the probe's own fit needs the gradient
-    refit = training.fit_head(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn)
+    refit = training._refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
+                                 processes, None)
     model.head.requires_grad_(False)
     print(f"epoch {epoch}: train / valid loss {during['train_loss']:.4f} / {during['valid_loss']:.4f} with the "
           f"epoch's head, {refit['train_loss']:.4f} / {refit['valid_loss']:.4f} refitted", flush=True)
