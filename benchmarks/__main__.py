@@ -10,7 +10,7 @@ from pathlib import Path
 from benchmarks.generation_tasks import GENERATION_TASKS
 from benchmarks.methods import METHODS
 from benchmarks.runner import BACKBONE_ENV_VAR, IMG_DIR, RESULTS_DIR, redraw, run_many
-from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS, TDC_TASKS
+from benchmarks.tasks import BUDGETS, DATA_DIR, QUICK_PROTEIN_CROP, TASKS, TDC_TASKS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--n-train", type=int, help="training rows to draw (default: the budget's); "
                      "results then go to files named {task}-{budget}-{n_train}x{n_test}")
     run.add_argument("--n-test", type=int, help="test rows to draw (default: the budget's)")
+    run.add_argument("--max-residues", type=int, help="residues kept of each protein (default: the budget's, "
+                     f"{QUICK_PROTEIN_CROP} in quick, all in full; 0 keeps proteins whole); the file names then "
+                     "end in -{max_residues}res or -whole-proteins")
     run.add_argument("--backbone", help=f"chemtag's backbone (default: ${BACKBONE_ENV_VAR} or smollm2-135m)")
     run.add_argument("--device", default="cpu",
                      help="where chemtag's estimators run, e.g. 'cuda' (default: cpu); the other methods use the CPU")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"Unknown methods {sorted(unknown)}; choose from {', '.join(known)}.")
     started = time.perf_counter()
     if regression:
-        run_many(regression, arguments.budget, arguments.n_train, arguments.n_test,
+        run_many(regression, arguments.budget, arguments.n_train, arguments.n_test, arguments.max_residues,
                  methods=methods, fold=arguments.fold,
                  seed=arguments.seed, backbone=arguments.backbone, device=arguments.device,
                  data_dir=arguments.data_dir,

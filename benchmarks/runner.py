@@ -76,9 +76,15 @@ def resolve_methods(task: Task, methods: Sequence[str | Method] | None) -> list[
 
 
 def results_stem(task: Task, budget: Budget, rows: Rows) -> str:
-    """File name stem of a run: ``{task}-{budget}``, plus ``-{n_train}x{n_test}`` for rows other than the budget's."""
+    """File name stem of a run: ``{task}-{budget}``, plus ``-{n_train}x{n_test}`` for row counts other than the
+    budget's and ``-{max_residues}res`` (``-whole-proteins``) for another protein crop."""
+    default = task.rows(budget.name)
     stem = f"{task.name}-{budget.name}"
-    return stem if rows == task.rows(budget.name) else f"{stem}-{rows.n_train or 'all'}x{rows.n_test or 'all'}"
+    if (rows.n_train, rows.n_test) != (default.n_train, default.n_test):
+        stem += f"-{rows.n_train or 'all'}x{rows.n_test or 'all'}"
+    if rows.max_residues != default.max_residues:
+        stem += f"-{rows.max_residues}res" if rows.max_residues else "-whole-proteins"
+    return stem
 
 
 def evaluate(task: Task, scoring: Scoring, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -159,12 +165,14 @@ def redraw(stem: str, results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR) 
 
 
 def run_many(tasks: Sequence[Task], budget: str | Budget = "quick", n_train: int | None = None,
-             n_test: int | None = None, **options) -> pd.DataFrame:
-    """:func:`run` on each task in turn, with the budget's row counts replaced where given; the result rows."""
+             n_test: int | None = None, max_residues: int | None = None, **options) -> pd.DataFrame:
+    """:func:`run` on each task in turn, with the budget's row counts and protein crop replaced where given
+    (``max_residues=0`` keeps proteins whole); the result rows."""
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
     results = []
     for task in tasks:
         rows = task.rows(budget.name)
-        rows = replace(rows, n_train=n_train or rows.n_train, n_test=n_test or rows.n_test)
+        crop = rows.max_residues if max_residues is None else max_residues or None
+        rows = replace(rows, n_train=n_train or rows.n_train, n_test=n_test or rows.n_test, max_residues=crop)
         results.append(run(task, budget, rows=rows, **options))
     return pd.concat(results, ignore_index=True)

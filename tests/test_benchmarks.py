@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from benchmarks.peft_baselines import PeftRegressor, plain_prompts
 from benchmarks.report import merge_into
 from benchmarks.runner import cpu_seconds, load_data, results_stem, run
 from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
-from benchmarks.tasks import TASKS, TDC_TASKS, Budget, Rows, Task
+from benchmarks.tasks import BUDGETS, TASKS, TDC_TASKS, Budget, Rows, Task
 from chemtag.templates import Template
 from chemtag.training import validation_split
 
@@ -384,6 +385,15 @@ def test_every_method_runs_end_to_end_with_the_tiny_backbone(task, request, tmp_
             "machine"} <= set(written.columns)
 
 
+def test_results_stem_names_row_counts_and_protein_crops_other_than_the_budgets():
+    davis, quick = TASKS["ba-davis"], BUDGETS["quick"]
+    assert results_stem(davis, quick, davis.quick) == "ba-davis-quick"
+    assert results_stem(davis, quick, Rows(1000, 300, davis.quick.max_residues)) == "ba-davis-quick-1000x300"
+    assert results_stem(davis, quick, Rows(1000, 300, None)) == "ba-davis-quick-1000x300-whole-proteins"
+    assert results_stem(davis, quick, replace(davis.quick, max_residues=256)) == "ba-davis-quick-256res"
+    assert results_stem(davis, BUDGETS["full"], Rows()) == "ba-davis-full"
+
+
 def test_cpu_seconds_count_finished_child_processes():
     started = cpu_seconds()
     subprocess.run([sys.executable, "-c", "sum(range(10 ** 7))"], check=True)
@@ -417,6 +427,15 @@ def test_cli_runs_a_task_into_the_given_folders(shared_data, tmp_path):
     written = pd.read_csv(tmp_path / "qed-quick-30x10.csv")
     assert set(written["method"]) == {"mean", "gbm"}
     assert (written["n_train"] == 30).all() and (written["n_test"] == 10).all()
+
+
+def test_cli_keeps_proteins_whole_with_max_residues_0(shared_data, tmp_path):
+    cli.main(["run", "--task", "descriptor", "--methods", "mean", "--n-train", "20", "--n-test", "8",
+              "--max-residues", "0", "--data-dir", str(shared_data), "--results-dir", str(tmp_path),
+              "--img-dir", str(tmp_path)])
+    written = pd.read_csv(tmp_path / "descriptor-quick-20x8-whole-proteins.csv")
+    whole = load_data(TASKS["descriptor"], Rows(20, 8, max_residues=None), data_dir=shared_data)
+    assert written["value"].item() == pytest.approx(np.mean((whole.y_test - whole.y_train.mean()) ** 2))
 
 
 def test_cli_report_redraws_tables_and_plots_from_the_csv_files(shared_data, tmp_path):
