@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int, default=None)
     fit.add_argument("--batch-size", type=int, default=None)
     fit.add_argument("--lr", type=float, default=None)
-    fit.add_argument("--head-training", metavar="{joint,refit}", default=None,
-                     help="after the initial probe, train the head with the tags (joint, the default) or fit it "
-                          "again in closed form after every epoch (refit)")
+    _add_head_training(fit)
     fit.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the backbone")
     fit.add_argument("--device", default=None, help="e.g. cpu or cuda")
     fit.add_argument("--on-invalid", choices=("raise", "nan"), default=None,
@@ -106,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     function.add_argument("--max-length", type=int, default=None, help="pass over longer entries (characters)")
     function.add_argument("--max-epochs", type=int, default=20)
     function.add_argument("--lr", type=float, default=None)
+    _add_head_training(function)
     function.add_argument("--seed", type=int, default=0)
     function.add_argument("--domain-tags", default=None,
                           help="tag library folder to take the domain tag from (default: the shipped tags)")
@@ -117,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-train", type=int, default=None, help="training SMILES (default: run_demo's)")
     demo.add_argument("--max-epochs", type=int, default=None, help="epochs (default: run_demo's)")
     return parser
+
+
+def _add_head_training(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head-training", metavar="{joint,refit}", default=None,
+                        help="after the initial probe, train the head with the tags (joint, the default) or fit it "
+                             "again in closed form after every epoch (refit)")
 
 
 def _fit(args) -> None:
@@ -190,7 +195,7 @@ def _pretrain_function(args) -> None:
     accelerator = _accelerator(args)
     device = str(accelerator.device) if accelerator else args.device
     params = {"backbone": args.backbone, "max_epochs": args.max_epochs, "lr": args.lr, "device": device,
-              "domain_tags": args.domain_tags}
+              "domain_tags": args.domain_tags, "head_training": args.head_training}
     measured = pretrain_function_estimator(
         args.corpus, args.task, args.output, n_train=args.n_train, n_test=args.n_test, skip=args.skip,
         max_length=args.max_length, seed=args.seed, processes=ONE_PROCESS if accelerator is None else accelerator,

@@ -62,12 +62,16 @@ def labelled_rows(corpus: str | Path, task: str, n_rows: int, skip: int = 0, max
     return table
 
 
+_RECORDED_SETTINGS = ("lr", "batch_size", "max_epochs", "patience", "head_training", "bf16")
+
+
 def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: str | Path, *, n_train: int,
                                 n_test: int = 200, skip: int = 0, max_length: int | None = None, seed: int = 0,
                                 processes: Processes = ONE_PROCESS, **params) -> dict:
     """Stage 2 end to end: label ``n_train + n_test`` held-apart corpus entries, fit the task's preset
     (``params`` are its parameters), measure the test MSE against the training mean's, and save the
-    estimator into ``library_folder/estimators/<class name>/`` with that provenance in ``stage2.json``.
+    estimator into ``library_folder/estimators/<class name>/`` with that provenance in ``stage2.json``
+    (with the training settings and each epoch's validation loss, epoch 0 being the head's probe).
     Returns the provenance.
 
     Under ``accelerate launch`` pass the ``Accelerator`` as ``processes``: every process labels the same
@@ -83,14 +87,18 @@ def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: s
         processes.wait_for_everyone()
         return {}
     predictions = model.predict(test[[function_task.column]])
-    best = min((r for r in model.history_ if "valid_loss" in r), key=lambda r: r["valid_loss"], default=None)
+    validated = [record for record in model.history_ if "valid_loss" in record]
+    best = min(validated, key=lambda record: record["valid_loss"], default=None)
+    settings = model.get_params()
     provenance = {
         "stage": 2, "task": task, "estimator": type(model).__name__, "corpus": Path(corpus).name,
         "corpus_sha256": file_sha256(Path(corpus)), "seed": seed, "skipped_entries": skip,
         "max_length": max_length, "n_train": n_train, "n_test": n_test,
         "test_mse": float(np.mean((predictions - test["Y"]) ** 2)),
         "mean_predictor_test_mse": float(np.mean((train["Y"].mean() - test["Y"]) ** 2)),
+        "training": {name: settings[name] for name in _RECORDED_SETTINGS},
         "best_epoch": best["epoch"] if best else None, "epochs_run": model.history_[-1]["epoch"],
+        "valid_loss_by_epoch": [round(record["valid_loss"], 6) for record in validated],
         "processes": processes.num_processes, "seconds": round(time.perf_counter() - started, 1),
     }
     folder = model.save(Path(library_folder) / "estimators" / type(model).__name__)

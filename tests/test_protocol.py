@@ -171,10 +171,14 @@ def test_cli_pretrain_function_writes_the_estimator_and_reports_its_error(shippe
     corpus = tmp_path / "smiles.txt"
     corpus.write_text("\n".join(SMILES_CORPUS))
     code = main(["pretrain-function", str(corpus), "--task", "QED", "-o", str(shipped_folder), "--backbone",
-                 "tiny-llama", "--n-train", "20", "--n-test", "5", "--max-epochs", "1"])
+                 "tiny-llama", "--n-train", "20", "--n-test", "5", "--max-epochs", "1", "--head-training", "refit"])
     assert code == 0
     assert "QEDRegressor written to" in capsys.readouterr().out
-    assert QEDRegressor.load(shipped_folder / "estimators" / "QEDRegressor").n_features_in_ == 1
+    folder = shipped_folder / "estimators" / "QEDRegressor"
+    assert QEDRegressor.load(folder).get_params()["head_training"] == "refit"
+    recorded = json.loads((folder / "stage2.json").read_text())
+    assert recorded["training"]["head_training"] == "refit" and recorded["training"]["max_epochs"] == 1
+    assert len(recorded["valid_loss_by_epoch"]) == 2  # the probe's epoch 0 and epoch 1
 
 
 # ----------------------------------------------------------------- zero-shot composition
