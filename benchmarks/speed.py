@@ -69,6 +69,19 @@ class PeakMemory:
             self._thread.join()
 
 
+def davis_pairs(pairs: int, proteins: int | None = None) -> pd.DataFrame:
+    """A seeded sample of ``pairs`` Davis training pairs (folds 0-4), from ``proteins`` distinct proteins if given."""
+    frame = pd.read_csv(DAVIS)
+    frame = frame[frame["fold"] != "test"]
+    if proteins:
+        chosen = pd.Series(frame["Target"].unique()).sample(n=proteins, random_state=0)
+        frame = frame[frame["Target"].isin(chosen)]
+    if pairs > len(frame):
+        raise ValueError(f"--pairs {pairs}: the {proteins or 'all'} proteins drawn have only {len(frame)} training "
+                         "pairs; ask for fewer pairs or more proteins.")
+    return frame.sample(n=pairs, random_state=0)
+
+
 def build_model(backbone, isolate: bool) -> TaggedModel:
     tags = [Tag.initialise("Protein", "domain", backbone), Tag.initialise("SMILES", "domain", backbone),
             Tag.initialise("BA", "function", backbone)]
@@ -103,7 +116,8 @@ def main() -> None:
     parser.add_argument("--full-steps", type=int, default=4, help="batches timed through the full path")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (and a bfloat16 cache)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
-                        help="shared attention: the cache then holds every prompt's whole prefix")
+                        help="shared attention: the cache then holds a piece per template part and distinct "
+                             "content before it")
     parser.add_argument("--memory-gib", type=float, default=2.0, help="cache memory budget; the rest spills to disk")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -113,15 +127,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    frame = pd.read_csv(DAVIS)
-    frame = frame[frame["fold"] != "test"]
-    if args.proteins:
-        proteins = pd.Series(frame["Target"].unique()).sample(n=args.proteins, random_state=0)
-        frame = frame[frame["Target"].isin(proteins)]
-    if args.pairs > len(frame):
-        parser.error(f"--pairs {args.pairs}: the {args.proteins or 'all'} proteins drawn have only {len(frame)} "
-                     "training pairs; ask for fewer pairs or more proteins.")
-    frame = frame.sample(n=args.pairs, random_state=0)
+    try:
+        frame = davis_pairs(args.pairs, args.proteins)
+    except ValueError as error:
+        parser.error(str(error))
     backbone = load_backbone(args.backbone, device=args.device)
     model = build_model(backbone, args.isolate)
     encoder = TemplateEncoder(Template.parse(TEMPLATE), backbone.tokenizer, model.tag_names, model.tag_length)

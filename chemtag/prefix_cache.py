@@ -10,7 +10,9 @@ feature vector (:meth:`TaggedModel.recomputed_slots`), which a template places r
 The prefix is cut into *pieces* whose keys/values are computed and stored once however many prompts
 contain them:
 
-- without isolated segments, a piece is a whole prefix (identical prefixes are shared);
+- without isolated segments, a piece is a template part (a run of text, a tag, a field's value) and
+  attends to all the pieces before it, so prompts that begin alike share their leading pieces: a
+  protein written before the drug is computed and stored once per distinct protein (and text before it);
 - with isolated segments, each domain segment is a piece that depends on its own text and positions
   only (see :meth:`TaggedModel.position_ids`), so a protein that appears in 100 pairs is computed and
   stored once; the first run of shared text is one piece for all prompts; each later run of shared
@@ -160,7 +162,7 @@ class PrefixCache:
             positions = self.model.position_ids(segments[None])[0].numpy()
             self._suffix_positions.append(positions[prefix_length:])
             pieces: list[int] = []
-            for begin, end, dependent in self._runs(self.prompts.segments[row][:prefix_length]):
+            for begin, end, dependent in self._runs(row, prefix_length):
                 key = (self._digest(row, positions, begin, end), tuple(pieces) if dependent else ())
                 if key not in index:
                     index[key] = len(self.pieces)
@@ -169,14 +171,19 @@ class PrefixCache:
                 pieces.append(index[key])
             self._row_pieces.append(pieces)
 
-    def _runs(self, segments: np.ndarray) -> list[tuple[int, int, bool]]:
-        """``(begin, end, dependent)`` spans of one prefix, each cached as a unit."""
-        if not len(segments):
+    def _runs(self, row: int, length: int) -> list[tuple[int, int, bool]]:
+        """``(begin, end, dependent)`` spans of the first ``length`` tokens of prompt ``row``, each cached as a
+        unit: with isolated segments its segments and runs of shared text (those after the first dependent),
+        else its template parts (all but the first dependent), or one span without a template's parts."""
+        isolated = self.model.isolate_segments
+        labels = self.prompts.segments if isolated else self.prompts.parts
+        if not length:
             return []
-        if not self.model.isolate_segments:
-            return [(0, len(segments), False)]
-        bounds = [0, *(np.flatnonzero(np.diff(segments)) + 1).tolist(), len(segments)]
-        return [(b, e, b > 0 and segments[b] == 0) for b, e in zip(bounds[:-1], bounds[1:])]
+        if labels is None:
+            return [(0, length, False)]
+        labels = labels[row][:length]
+        bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), length]
+        return [(b, e, b > 0 and (not isolated or labels[b] == 0)) for b, e in zip(bounds[:-1], bounds[1:])]
 
     def _digest(self, row: int, positions: np.ndarray, begin: int, end: int) -> bytes:
         digest = hashlib.blake2b(digest_size=16)

@@ -4,6 +4,7 @@ the runner end to end on tiny data with the tiny backbone, and the command line.
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the checkout, not installed
 
 from benchmarks import __main__ as cli
-from benchmarks import chemprop_baseline
+from benchmarks import chemprop_baseline, prefix_pieces
 from benchmarks.chemprop_baseline import ChempropError, ChempropRegressor, ensure_environment, train_command
 from benchmarks.features import ExpertFeatures, protein_composition
 from benchmarks.methods import METHODS, Context, Method
@@ -405,6 +406,15 @@ def test_a_partial_run_replaces_only_its_methods(tmp_path):
     merge_into(path, pd.DataFrame({"method": ["a", "b"], "value": [1, 2]}), ["method"])
     merged = merge_into(path, pd.DataFrame({"method": ["b"], "value": [3]}), ["method"])
     assert dict(zip(merged["method"], merged["value"])) == {"a": 1, "b": 3}
+
+
+def test_prefix_pieces_builds_both_cache_plans_with_equal_readouts(shared_data, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["prefix_pieces", "--pairs", "12", "--proteins", "3", "--plain",
+                                      "--backbone", "tiny-llama"])
+    prefix_pieces.main()
+    output = capsys.readouterr().out
+    assert "one piece per prompt: 12 prompts, 12 pieces" in output
+    assert float(re.search(r"max \|readout difference\| (\S+);", output).group(1)) < 1e-5
 
 
 # ------------------------------------------------------------------------------------------------- CLI

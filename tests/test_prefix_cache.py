@@ -34,6 +34,7 @@ VALUES = {
                 "MKTAYIAK", "MKTAYIAR", "MKTAYIKA"],
     "smiles": ["CCO", "CCO", "c1ccccc1C(=O)O", "CCN(CC)CC", "N#C", "CCO", "CCN"],
 }
+UNSHARED_TEMPLATE = "{smiles} binds {protein} <BA>"  # the prompts' distinct pieces hold 88% of their prefixes
 TAG_LENGTH = 3
 BACKBONES = ["tiny-llama", "tiny-gpt2"]
 
@@ -48,8 +49,8 @@ def make_model(backbone, isolate: bool, trainable=("BA",)) -> TaggedModel:
     return TaggedModel(backbone, tags, head, list(trainable), isolate)
 
 
-def encode(model: TaggedModel, values=VALUES):
-    encoder = TemplateEncoder(Template.parse(TEMPLATE), model.backbone.tokenizer, model.tag_names, TAG_LENGTH)
+def encode(model: TaggedModel, values=VALUES, template=TEMPLATE):
+    encoder = TemplateEncoder(Template.parse(template), model.backbone.tokenizer, model.tag_names, TAG_LENGTH)
     return encoder.encode(values)
 
 
@@ -114,12 +115,17 @@ def test_isolated_segments_are_stored_once_per_distinct_text(tiny_llama):
     assert cache.cached_tokens < cache.prefix_tokens
 
 
-def test_without_isolation_a_piece_is_a_whole_distinct_prefix(tiny_gpt2):
+def test_without_isolation_prompts_that_begin_alike_share_their_leading_pieces(tiny_gpt2):
     model = make_model(tiny_gpt2, isolate=False)
     prompts = encode(model, {field: values + values[:2] for field, values in VALUES.items()})
     cache = PrefixCache(model, prompts)
-    assert len(cache.pieces) == len(VALUES["protein"])
-    assert cache.cached_tokens == cache.prefix_tokens - prompts.lengths[:2].sum() + 2 * TAG_LENGTH
+    n_proteins, n_pairs = len(set(VALUES["protein"])), len(set(zip(*VALUES.values())))
+    # the opening text and <Protein> once; each protein, the text and <SMILES> after it once per protein;
+    # each SMILES and the closing text once per distinct pair: the two repeated prompts add nothing
+    assert len(cache.pieces) == 2 + 3 * n_proteins + 2 * n_pairs
+    whole_prefixes = PrefixCache(model, dataclasses.replace(prompts, parts=None))
+    assert len(whole_prefixes.pieces) == n_pairs  # prompts without a template's parts: one piece per prefix
+    assert cache.cached_tokens < whole_prefixes.cached_tokens
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -220,14 +226,15 @@ def test_training_domain_tags_bypasses_the_cache(tiny_llama, monkeypatch):
     assert not torch.equal(model.tag_vectors["Protein"], before)
 
 
-@pytest.mark.parametrize("isolate, prefix_cache, uses_cache", [
-    (True, True, True), (False, True, True),
-    (True, None, True),  # repeated segments: the distinct pieces are about 2/3 of the prefix tokens
-    (False, None, False),  # distinct prompts share nothing
+@pytest.mark.parametrize("isolate, prefix_cache, template, uses_cache", [
+    (True, True, TEMPLATE, True), (False, True, TEMPLATE, True),
+    (True, None, TEMPLATE, True),  # repeated segments: the distinct pieces are about 2/3 of the prefix tokens
+    (False, None, TEMPLATE, True),  # a shared opening text and repeated proteins before the drugs
+    (False, None, UNSHARED_TEMPLATE, False),  # prompts that differ from the start share little
 ])
-def test_predict_through_the_cache_matches(tiny_gpt2, monkeypatch, isolate, prefix_cache, uses_cache):
+def test_predict_through_the_cache_matches(tiny_gpt2, monkeypatch, isolate, prefix_cache, template, uses_cache):
     model = make_model(tiny_gpt2, isolate)
-    prompts = encode(model)
+    prompts = encode(model, template=template)
     expected = predict(model, prompts, batch_size=2, prefix_cache=False)
     computed = []
     compute = PrefixCache.compute
@@ -239,12 +246,12 @@ def test_predict_through_the_cache_matches(tiny_gpt2, monkeypatch, isolate, pref
 
 @pytest.mark.parametrize("trainable, uses_cache", [(("BA",), True), (("BA", "Protein"), False)])
 def test_bf16_predictions_take_the_path_training_took(tiny_gpt2, monkeypatch, trainable, uses_cache):
-    """Distinct prompts alone would skip the cache; under bf16 a model trained through it uses it."""
+    """Prompts that share little would skip the cache; under bf16 a model trained through it uses it."""
     model = make_model(tiny_gpt2, isolate=False, trainable=trainable)
     computed = []
     compute = PrefixCache.compute
     monkeypatch.setattr(PrefixCache, "compute", lambda self, *a, **k: computed.append(self) or compute(self, *a, **k))
-    predict(model, encode(model), batch_size=2, bf16=True)
+    predict(model, encode(model, template=UNSHARED_TEMPLATE), batch_size=2, bf16=True)
     assert bool(computed) == uses_cache
 
 
