@@ -19,7 +19,9 @@ contain them:
   text (e.g. ``". The SMILES of the drug is"``) attends to everything before it and is a piece per
   distinct preceding content.
 
-Keys/values stay in memory up to a byte budget and go to a memory-mapped temporary file beyond it.
+Keys/values stay in the backbone's device memory (host memory on a CPU, GPU memory on a GPU, where each
+step then gathers its prefixes without a copy) up to a byte budget and go to a memory-mapped temporary
+file beyond it.
 """
 
 from __future__ import annotations
@@ -74,18 +76,22 @@ class _Piece:
 
 
 class _KVStore:
-    """Keys/values of ``n_tokens`` tokens, ``(n_layers, 2, kv_heads, n_tokens, head_dim)``: a tensor in
-    memory up to ``memory_bytes``, else a memory-mapped anonymous temporary file in ``directory``."""
+    """Keys/values of ``n_tokens`` tokens, ``(n_layers, 2, kv_heads, n_tokens, head_dim)``: a tensor on
+    ``device`` up to ``memory_bytes`` (if the device has the memory), else a memory-mapped anonymous
+    temporary file in ``directory``."""
 
     def __init__(self, n_tokens: int, layout: tuple[int, int, int], dtype: torch.dtype, memory_bytes: int,
-                 directory: str | None = None):
+                 directory: str | None = None, device: torch.device | str = "cpu"):
         n_layers, kv_heads, head_dim = layout
         shape = (n_layers, 2, kv_heads, n_tokens, head_dim)
         self.nbytes = math.prod(shape) * dtype.itemsize
         self.on_disk = self.nbytes > memory_bytes
         if not self.on_disk:
-            self.data = torch.empty(shape, dtype=dtype)
-            return
+            try:
+                self.data = torch.empty(shape, dtype=dtype, device=device)
+                return
+            except torch.cuda.OutOfMemoryError:  # a GPU short of memory: the file below instead
+                self.on_disk = True
         directory = directory or tempfile.gettempdir()
         free = shutil.disk_usage(directory).free
         if self.nbytes + _DISK_MARGIN_BYTES > free:
@@ -123,11 +129,17 @@ class _KVStore:
 
     def write(self, offset: int, values: torch.Tensor) -> None:
         """Store ``values`` ``(n_layers, 2, kv_heads, n, head_dim)`` as tokens ``offset`` to ``offset + n``."""
-        self.data[:, :, :, offset:offset + values.shape[3]] = values.to(device="cpu", dtype=self.data.dtype)
+        self.data[:, :, :, offset:offset + values.shape[3]] = values.to(self.data.device, self.data.dtype)
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
-        """Tokens ``index`` ``(B, L)``: ``(n_layers, 2, kv_heads, B, L, head_dim)``."""
-        return self.data.index_select(3, index.flatten()).unflatten(3, index.shape)
+        """Tokens ``index`` ``(B, L)``: ``(n_layers, 2, kv_heads, B, L, head_dim)``, where the store is."""
+        return self.data.index_select(3, index.to(self.data.device).flatten()).unflatten(3, index.shape)
+
+    def describe(self) -> str:
+        """Size and place, e.g. ``'4,853 MB on disk'``, ``'706 MB in memory'``, ``'706 MB in cuda:0 memory'``."""
+        place = "on disk" if self.on_disk else "in memory" if self.data.device.type == "cpu" else \
+            f"in {self.data.device} memory"
+        return f"{self.nbytes / 2**20:,.0f} MB {place}"
 
 
 class PrefixCache:
@@ -216,11 +228,13 @@ class PrefixCache:
         """Run the backbone over each distinct piece once and store its keys/values; returns self.
 
         ``bf16`` computes and stores in bfloat16 (use the same setting as the steps that read the
-        cache). Beyond ``memory_bytes`` the keys/values go to a memory-mapped file in ``directory``
+        cache). They are kept on the backbone's device; beyond ``memory_bytes`` (or the memory a GPU
+        has free) they go to a memory-mapped file in ``directory``
         (the system's temporary folder by default); :class:`PrefixCacheTooLarge` if the disk is too full.
         """
         dtype = torch.bfloat16 if bf16 else self.model.backbone.dtype
-        self._store = _KVStore(self.cached_tokens, self._layout(), dtype, memory_bytes, directory)
+        self._store = _KVStore(self.cached_tokens, self._layout(), dtype, memory_bytes, directory,
+                               self.model.backbone.device)
         progress = tqdm(total=self.cached_tokens, unit="tok", disable=verbose <= 0, leave=verbose > 1,
                         desc=f"caching prefix keys/values ({self.describe()})")
         # Standalone pieces first, then dependent ones by depth: a piece's context is stored before it.
@@ -304,7 +318,7 @@ class PrefixCache:
         """What is cached, e.g. ``'30,056 prompts, 1,210 pieces, 220,814 tokens, 4,853 MB on disk'``."""
         text = f"{len(self.prompts):,} prompts, {len(self.pieces):,} pieces, {self.cached_tokens:,} tokens"
         if self._store is not None:
-            text += f", {self._store.nbytes / 2**20:,.0f} MB {'on disk' if self._store.on_disk else 'in memory'}"
+            text += f", {self._store.describe()}"
         return text
 
 

@@ -40,7 +40,7 @@ class TrainingConfig:
     restored. ``bf16`` runs the backbone under bfloat16 autocast with float32 master weights.
     ``prefix_cache`` computes the keys/values of every prompt's frozen prefix once per fit when only
     function tags train (exact; see :mod:`chemtag.prefix_cache`), holding up to
-    ``cache_memory_bytes`` in memory and the rest in a temporary memory-mapped file.
+    ``cache_memory_bytes`` in the backbone's device memory and the rest in a temporary memory-mapped file.
     ``initialise_head`` fits a head that can (one with an ``initialise`` method, such as
     :class:`~chemtag.heads.LinearHead`) to the readouts of the untrained tags before the first epoch
     of a fresh fit (a linear probe, recorded as epoch 0), so that training starts from it; with

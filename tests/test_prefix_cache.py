@@ -19,7 +19,7 @@ from torch import nn
 
 from chemtag.backbones import load_backbone
 from chemtag.model import Batch, TaggedModel
-from chemtag.prefix_cache import PrefixCache
+from chemtag.prefix_cache import PrefixCache, _KVStore
 from chemtag.tags import Tag
 from chemtag.templates import Template, TemplateEncoder
 from chemtag.training import TrainingConfig, predict, train
@@ -161,6 +161,37 @@ def test_train_and_predict_release_a_spilled_cache_s_file_when_they_end(tiny_lla
     train(model, prompts, torch.linspace(-1, 1, len(prompts))[:, None], nn.functional.mse_loss, config)
     predict(model, prompts, batch_size=2, prefix_cache=True, cache_memory_bytes=0)
     assert len(opened) == 2 and all(file.closed for file in opened)
+
+
+def test_the_store_holds_keys_and_values_on_the_backbone_s_device():
+    """Device placement without a GPU: the meta device allocates nothing but keeps the tensors' device."""
+    store = _KVStore(5, (2, 1, 4), torch.float32, memory_bytes=2**20, device="meta")
+    assert store.data.device.type == "meta" and not store.on_disk
+    assert store.gather(torch.tensor([[0, 3], [4, 4]])).shape == (2, 2, 1, 2, 2, 4)
+    assert store.gather(torch.tensor([[0, 3]])).device.type == "meta"
+    assert store.describe() == "0 MB in meta memory"
+
+
+def test_a_device_short_of_memory_spills_the_store_to_disk(monkeypatch):
+    empty = torch.empty
+
+    def short_of_memory_off_the_cpu(*args, device="cpu", **kwargs):
+        if torch.device(device).type != "cpu":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return empty(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", short_of_memory_off_the_cpu)
+    store = _KVStore(5, (2, 1, 4), torch.float32, memory_bytes=2**20, device="meta")
+    assert store.on_disk and store.data.device.type == "cpu"
+    store.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_backbone_s_cache_lives_in_gpu_memory_and_matches_the_full_pass():
+    model = make_model(load_backbone("tiny-llama", device="cuda"), isolate=True)
+    (states, gradient), (cached_states, cached_gradient), cache = full_and_cached(model, [1, 3, 5, 0])
+    assert "cuda" in cache.describe()
+    torch.testing.assert_close(cached_states, states, rtol=0, atol=1e-5)
 
 
 def test_a_closed_cache_must_be_computed_again(tiny_llama):

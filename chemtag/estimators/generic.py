@@ -81,8 +81,9 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         an uninterrupted fit would; a completed fit run again returns its result without training.
         A folder holding another fit's checkpoint is refused: give each fit its own folder.
     cache_memory_bytes : int
-        Memory for the prefix cache's keys/values (default 2 GiB); the rest goes to a temporary
-        memory-mapped file. Raise it on machines with memory to spare, lower it on small ones.
+        Memory for the prefix cache's keys/values (default 2 GiB), on the backbone's device (GPU memory
+        for a GPU backbone, so that steps gather their prefixes without a copy); the rest goes to a
+        temporary memory-mapped file. Raise it on machines with memory to spare, lower it on small ones.
     verbose : int
         0 silent, 1 a progress bar per epoch and a line of losses, 2 also for prediction.
     loss : {"squared_error", "huber"}
