@@ -100,7 +100,8 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
     other methods run on the CPU). Writes ``{stem}.csv`` (one row per method and
     metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``,
     and ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir``, with the stem of
-    :func:`results_stem`. Returns this run's result rows.
+    :func:`results_stem`, after each method (an interrupted run keeps the methods that ended). Returns this
+    run's result rows.
     """
     rows = rows or task.rows(budget.name)
     backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
@@ -113,7 +114,7 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
              "source": scoring.source}
     log(f"{task.name} ({budget.name}, {scoring.source}): {stamp['n_train']} train / {stamp['n_test']} test rows")
-    results, predictions, histories = [], [], []
+    stem, results = results_stem(task, budget, rows), []
     for method in resolve_methods(task, methods):
         if method.missing():
             log(f"  {method.name}: skipped, needs {', '.join(method.missing())}")
@@ -127,29 +128,28 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
                   "cpu_seconds": cpu_seconds() - cpu_started, "load_average": load}
         scores = evaluate(task, scoring, data.y_test, y_pred)
         estimator = type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__
-        results += [stamp | timing | {"method": method.name, "metric": k, "value": v, "estimator": estimator}
-                    for k, v in scores.items()]
-        predictions.append(pd.DataFrame({"method": method.name, "y_true": data.y_test, "y_pred": y_pred}))
-        histories.append(pd.DataFrame(getattr(model, "history_", []), columns=["epoch", "train_loss", "valid_loss"])
-                         .assign(method=method.name))
+        scored = pd.DataFrame([stamp | timing | {"method": method.name, "metric": k, "value": v, "estimator": estimator}
+                               for k, v in scores.items()], columns=report.RESULT_COLUMNS)
+        history = pd.DataFrame(getattr(model, "history_", []), columns=["epoch", "train_loss", "valid_loss"])
+        # each method's outputs as it ends: a run interrupted later keeps them
+        write_outputs(stem, scored, pd.DataFrame({"method": method.name, "y_true": data.y_test, "y_pred": y_pred}),
+                      history.assign(method=method.name), results_dir, img_dir)
+        results.append(scored)
         log(f"  {method.name}: fit {timing['fit_seconds']:.1f}s, predict {timing['predict_seconds']:.1f}s, "
             f"CPU {timing['cpu_seconds']:.0f}s, "
             + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         del model
         gc.collect()
-    results = pd.DataFrame(results, columns=report.RESULT_COLUMNS)
-    write_outputs(results_stem(task, budget, rows), results, predictions, histories, results_dir, img_dir)
-    return results
+    return pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=report.RESULT_COLUMNS)
 
 
-def write_outputs(stem: str, results: pd.DataFrame, predictions: list[pd.DataFrame], histories: list[pd.DataFrame],
+def write_outputs(stem: str, results: pd.DataFrame, predictions: pd.DataFrame, history: pd.DataFrame,
                   results_dir: Path, img_dir: Path) -> None:
-    """Merge this run into the files of ``stem`` and redraw its table and plots."""
-    if results.empty:
-        return
+    """Merge one method's scores, test predictions and per-epoch losses into the files of ``stem`` and redraw
+    its table and plots."""
     report.merge_into(results_dir / f"{stem}.csv", results, ["method", "metric"])
-    report.merge_into(results_dir / f"{stem}-predictions.csv", pd.concat(predictions), ["method"])
-    report.merge_into(results_dir / f"{stem}-history.csv", pd.concat(histories), ["method"])
+    report.merge_into(results_dir / f"{stem}-predictions.csv", predictions, ["method"])
+    report.merge_into(results_dir / f"{stem}-history.csv", history, ["method"])
     redraw(stem, results_dir, img_dir)
 
 

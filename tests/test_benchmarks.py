@@ -323,6 +323,19 @@ def test_runner_fits_on_training_rows_only_and_predicts_every_test_row(tmp_path)
     assert sorted(Spy.seen["predict"]["row"]) == split.test.tolist()
 
 
+def test_an_interrupted_run_keeps_the_methods_that_ended(tmp_path):
+    class Interrupted(Spy):
+        def fit(self, X, y):
+            raise KeyboardInterrupt
+
+    methods = [METHODS["mean"], Method("interrupted", "stops the run", lambda context: Interrupted())]
+    with pytest.raises(KeyboardInterrupt):
+        run(numbered_task(), TINY_BUDGET, methods, results_dir=tmp_path, img_dir=tmp_path, log=lambda *_: None)
+    stem = results_stem(numbered_task(), TINY_BUDGET, Rows(None, None))
+    assert set(pd.read_csv(tmp_path / f"{stem}.csv")["method"]) == {"mean"}
+    assert "| mean |" in (tmp_path / f"{stem}.md").read_text()
+
+
 def test_runner_gives_synergy_methods_no_test_drug_pair(shared_data, tmp_path):
     spy = Method("spy", "remembers its inputs", lambda context: Spy())
     run(TASKS["dc-oneil"], TINY_BUDGET, [spy], rows=Rows(400, 100), fold=2, data_dir=shared_data,
