@@ -122,8 +122,8 @@ def _chemtag_without_domain_tags(context: Context) -> Regressor:
     """The preset with its domain tags removed from the template and every input read as plain text.
 
     Without domain segments there is nothing to isolate: every field attends to the text before it, and
-    the prefix cache holds one piece per prompt instead of one per distinct protein or molecule (on
-    Davis-sized inputs a far larger cache and slower build than the other arms')."""
+    the prefix cache shares only what prompts begin with (on Davis the protein, written first, is one
+    piece per protein, but each drug is a piece per pair: a larger cache than the other arms')."""
     preset = context.task.estimator()
     domain_tags = re.compile(r"<(?:" + "|".join(map(re.escape, set(preset.domains.values()))) + r")>\s*")
     return _chemtag(domains={field: "Text" for field in preset.domains},
