@@ -7,24 +7,28 @@ before, it stored one piece per distinct prompt. Both plans are built here for t
 and model, one after the other in one process (a plan without the template's parts is the earlier one),
 and timed; the readouts through both caches are compared.
 
-    .venv/bin/python benchmarks/prefix_pieces.py --pairs 200 --proteins 10 --threads 1
+    .venv/bin/python -m benchmarks.prefix_pieces --pairs 200 --proteins 10 --threads 1 --plain
+    .venv/bin/python -m benchmarks.prefix_pieces --molecules 400 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import os
 import time
 
 import torch
 
-from benchmarks.speed import TEMPLATE, build_model, davis_pairs
+from benchmarks.speed import DAVIS, TEMPLATE, build_model, davis_pairs
 from chemtag.backbones import DEFAULT_BACKBONE, load_backbone
 from chemtag.prefix_cache import PrefixCache
 from chemtag.templates import Template, TemplateEncoder
 
 PLAIN_TEMPLATE = TEMPLATE.replace("<Protein> ", "").replace("<SMILES> ", "")  # the ablation's template
+MOLECULE_TEMPLATE = "Input: The SMILES of the molecule is <SMILES> {Drug}. Output: The binding affinity is <BA>"
+MOSES = DAVIS.parent / "smiles_moses_100k.txt.gz"
 
 
 def timed_build(model, prompts, batch_size: int) -> tuple[PrefixCache, float]:
@@ -44,20 +48,30 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200, help="Davis training pairs (seeded sample)")
     parser.add_argument("--proteins", type=int, default=10, help="distinct proteins the pairs are drawn from")
     parser.add_argument("--plain", action="store_true", help="the template without its domain tags")
+    parser.add_argument("--molecules", type=int, default=None,
+                        help="instead of Davis pairs, this many MOSES SMILES alone (prompts that share only "
+                             "their opening text and tag)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    frame = davis_pairs(args.pairs, args.proteins)
+    if args.molecules:
+        with gzip.open(MOSES, "rt") as handle:
+            values = {"Drug": [line.strip() for line, _ in zip(handle, range(args.molecules))]}
+        template, what = MOLECULE_TEMPLATE, f"{args.molecules} molecules"
+    else:
+        frame = davis_pairs(args.pairs, args.proteins)
+        values = {"Target": frame["Target"].tolist(), "Drug": frame["Drug"].tolist()}
+        template = PLAIN_TEMPLATE if args.plain else TEMPLATE
+        what = f"{args.pairs} pairs ({frame['Target'].nunique()} proteins)"
     backbone = load_backbone(args.backbone)
     model = build_model(backbone, isolate=False)
-    template = PLAIN_TEMPLATE if args.plain else TEMPLATE
     encoder = TemplateEncoder(Template.parse(template), backbone.tokenizer, model.tag_names, model.tag_length)
-    prompts = encoder.encode({"Target": frame["Target"].tolist(), "Drug": frame["Drug"].tolist()})
-    print(f"{args.pairs} pairs ({frame['Target'].nunique()} proteins), {template!r}, {torch.get_num_threads()} "
-          f"threads, load average {os.getloadavg()[0]:.1f}", flush=True)
+    prompts = encoder.encode(values)
+    print(f"{what}, {template!r}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}",
+          flush=True)
     per_prompt, per_prompt_seconds = timed_build(model, dataclasses.replace(prompts, parts=None), args.batch_size)
     print(f"one piece per prompt: {per_prompt.describe()}, built in {per_prompt_seconds:.1f}s", flush=True)
     per_part, per_part_seconds = timed_build(model, prompts, args.batch_size)
