@@ -1,10 +1,10 @@
-"""Prefix-cache build without isolated segments: pieces along the template's parts against one piece per prompt.
+"""Prefix-cache build without isolated segments: pieces along the template's spans against one piece per prompt.
 
 Without ``isolate_segments`` (the generic estimators' default, and the stage-3 ablation without domain
-tags) every token attends to everything before it. The cache cuts each prefix at the template's parts,
+tags) every token attends to everything before it. The cache cuts each prefix at the template's spans,
 so prompts that begin alike (one Davis protein written before 68 drugs) share their leading pieces;
 before, it stored one piece per distinct prompt. Both plans are built here for the same Davis pairs
-and model, one after the other in one process (a plan without the template's parts is the earlier one),
+and model, one after the other in one process (a plan without the template's spans is the earlier one),
 and timed; the readouts through both caches are compared.
 
     .venv/bin/python -m benchmarks.prefix_pieces --pairs 200 --proteins 10 --threads 1 --plain
@@ -72,10 +72,10 @@ def main() -> None:
     prompts = encoder.encode(values)
     print(f"{what}, {template!r}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}",
           flush=True)
-    per_prompt, per_prompt_seconds = timed_build(model, dataclasses.replace(prompts, parts=None), args.batch_size)
+    per_prompt, per_prompt_seconds = timed_build(model, dataclasses.replace(prompts, spans=None), args.batch_size)
     print(f"one piece per prompt: {per_prompt.describe()}, built in {per_prompt_seconds:.1f}s", flush=True)
     per_part, per_part_seconds = timed_build(model, prompts, args.batch_size)
-    print(f"pieces along the template's parts: {per_part.describe()}, built in {per_part_seconds:.1f}s", flush=True)
+    print(f"pieces along the template's spans: {per_part.describe()}, built in {per_part_seconds:.1f}s", flush=True)
     difference = (readouts(model, per_prompt, len(prompts), args.batch_size)
                   - readouts(model, per_part, len(prompts), args.batch_size)).abs().max().item()
     print(f"build {per_prompt_seconds / per_part_seconds:.1f}x faster, "

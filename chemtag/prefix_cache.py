@@ -10,9 +10,10 @@ feature vector (:meth:`TaggedModel.recomputed_slots`), which a template places r
 The prefix is cut into *pieces* whose keys/values are computed and stored once however many prompts
 contain them:
 
-- without isolated segments, a piece is a template part (a run of text, a tag, a field's value) and
-  attends to all the pieces before it, so prompts that begin alike share their leading pieces: a
-  protein written before the drug is computed and stored once per distinct protein (and text before it);
+- without isolated segments, a piece is a span of the template: text and tags up to the end of a
+  field's value (the text after the last field joins the last span); each attends to the pieces before
+  it, so prompts that begin alike share their leading pieces: a protein written before the drug is
+  computed and stored once per distinct protein;
 - with isolated segments, each domain segment is a piece that depends on its own text and positions
   only (see :meth:`TaggedModel.position_ids`), so a protein that appears in 100 pairs is computed and
   stored once; the first run of shared text is one piece for all prompts; each later run of shared
@@ -186,9 +187,9 @@ class PrefixCache:
     def _runs(self, row: int, length: int) -> list[tuple[int, int, bool]]:
         """``(begin, end, dependent)`` spans of the first ``length`` tokens of prompt ``row``, each cached as a
         unit: with isolated segments its segments and runs of shared text (those after the first dependent),
-        else its template parts (all but the first dependent), or one span without a template's parts."""
+        else its template spans (all but the first dependent), or one span without a template's spans."""
         isolated = self.model.isolate_segments
-        labels = self.prompts.segments if isolated else self.prompts.parts
+        labels = self.prompts.segments if isolated else self.prompts.spans
         if not length:
             return []
         if labels is None:

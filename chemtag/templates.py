@@ -173,16 +173,17 @@ class EncodedPrompts:
     the stacked tag table spliced at each position, -1 for vocabulary tokens (rows from ``n_tags * p`` on
     are feature vectors: row ``n_tags * p + e * p + k`` is vector ``k`` of entity ``e``);
     ``segments[i]`` ``(L_i,)`` 0 for shared context, ``k`` for the k-th domain segment; ``readout[i]`` the
-    position of the last function-tag vector, whose final hidden state feeds the head; ``parts[i]``
-    ``(L_i,)`` the template part each token comes from (the start tokens count to the first), or
-    ``parts=None`` for prompts not encoded from a template.
+    position of the last function-tag vector, whose final hidden state feeds the head; ``spans[i]``
+    ``(L_i,)`` the span of the template each token is in: span ``k`` ends with the value of the
+    template's field ``k`` (the text after the last field joins the last span), or ``spans=None`` for
+    prompts not encoded from a template.
     """
 
     input_ids: list[np.ndarray]
     tag_slots: list[np.ndarray]
     segments: list[np.ndarray]
     readout: np.ndarray
-    parts: list[np.ndarray] | None = None
+    spans: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -195,7 +196,7 @@ class EncodedPrompts:
         return EncodedPrompts(
             [self.input_ids[i] for i in indices], [self.tag_slots[i] for i in indices],
             [self.segments[i] for i in indices], self.readout[np.asarray(indices, dtype=np.int64)],
-            None if self.parts is None else [self.parts[i] for i in indices],
+            None if self.spans is None else [self.spans[i] for i in indices],
         )
 
 
@@ -247,19 +248,21 @@ class TemplateEncoder:
         feature_rows = {field: [self._feature_rows(v) for v in values[field]] for field in self.template.feature_fields}
 
         encoded = EncodedPrompts([], [], [], np.zeros(n, dtype=np.int64), [])
-        start = len(self._start_ids)
+        start, last_span = len(self._start_ids), max(sum(isinstance(p, Field) for p in self.template.parts) - 1, 0)
         for row in range(n):
-            ids, slots, segments, parts = list(self._start_ids), [-1] * start, [0] * start, [0] * start
-            for index in range(len(self.template.parts)):
+            ids, slots, segments, spans = list(self._start_ids), [-1] * start, [0] * start, [0] * start
+            span = 0
+            for index, part in enumerate(self.template.parts):
                 piece, piece_slots, segment = self._part_tokens(index, field_ids, feature_rows, row)
                 ids.extend(piece)
                 slots.extend(piece_slots)
                 segments.extend([segment] * len(piece))
-                parts.extend([index] * len(piece))
+                spans.extend([min(span, last_span)] * len(piece))
+                span += isinstance(part, Field)
             encoded.input_ids.append(np.asarray(ids, dtype=np.int64))
             encoded.tag_slots.append(np.asarray(slots, dtype=np.int64))
             encoded.segments.append(np.asarray(segments, dtype=np.int64))
-            encoded.parts.append(np.asarray(parts, dtype=np.int64))
+            encoded.spans.append(np.asarray(spans, dtype=np.int64))
             encoded.readout[row] = len(ids) - 1
         return encoded
 

@@ -120,11 +120,11 @@ def test_without_isolation_prompts_that_begin_alike_share_their_leading_pieces(t
     prompts = encode(model, {field: values + values[:2] for field, values in VALUES.items()})
     cache = PrefixCache(model, prompts)
     n_proteins, n_pairs = len(set(VALUES["protein"])), len(set(zip(*VALUES.values())))
-    # the opening text and <Protein> once; each protein, the text and <SMILES> after it once per protein;
-    # each SMILES and the closing text once per distinct pair: the two repeated prompts add nothing
-    assert len(cache.pieces) == 2 + 3 * n_proteins + 2 * n_pairs
-    whole_prefixes = PrefixCache(model, dataclasses.replace(prompts, parts=None))
-    assert len(whole_prefixes.pieces) == n_pairs  # prompts without a template's parts: one piece per prefix
+    # the opening text, <Protein> and the protein once per protein; the text, <SMILES>, the SMILES and the
+    # closing text once per distinct pair: the two repeated prompts add nothing
+    assert len(cache.pieces) == n_proteins + n_pairs
+    whole_prefixes = PrefixCache(model, dataclasses.replace(prompts, spans=None))
+    assert len(whole_prefixes.pieces) == n_pairs  # prompts without a template's spans: one piece per prefix
     assert cache.cached_tokens < whole_prefixes.cached_tokens
 
 
@@ -257,15 +257,19 @@ def test_training_domain_tags_bypasses_the_cache(tiny_llama, monkeypatch):
     assert not torch.equal(model.tag_vectors["Protein"], before)
 
 
-@pytest.mark.parametrize("isolate, prefix_cache, template, uses_cache", [
-    (True, True, TEMPLATE, True), (False, True, TEMPLATE, True),
-    (True, None, TEMPLATE, True),  # repeated segments: the distinct pieces are about 2/3 of the prefix tokens
-    (False, None, TEMPLATE, True),  # a shared opening text and repeated proteins before the drugs
-    (False, None, UNSHARED_TEMPLATE, False),  # prompts that differ from the start share little
+ONE_PROTEIN = {"protein": VALUES["protein"][:1] * 4, "smiles": ["CCO", "N#C", "CCN", "c1ccccc1C(=O)O"]}
+
+
+@pytest.mark.parametrize("isolate, prefix_cache, template, values, uses_cache", [
+    (True, True, TEMPLATE, VALUES, True), (False, True, TEMPLATE, VALUES, True),
+    (True, None, TEMPLATE, VALUES, True),  # repeated segments: the distinct pieces are about 2/3 of the prefix tokens
+    (False, None, TEMPLATE, ONE_PROTEIN, True),  # one long protein before each drug: shared by all prompts
+    (False, None, UNSHARED_TEMPLATE, VALUES, False),  # prompts that differ from the start share little
 ])
-def test_predict_through_the_cache_matches(tiny_gpt2, monkeypatch, isolate, prefix_cache, template, uses_cache):
+def test_predict_through_the_cache_matches(tiny_gpt2, monkeypatch, isolate, prefix_cache, template, values,
+                                           uses_cache):
     model = make_model(tiny_gpt2, isolate)
-    prompts = encode(model, template=template)
+    prompts = encode(model, values, template)
     expected = predict(model, prompts, batch_size=2, prefix_cache=False)
     computed = []
     compute = PrefixCache.compute
