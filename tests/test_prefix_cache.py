@@ -34,7 +34,7 @@ VALUES = {
                 "MKTAYIAK", "MKTAYIAR", "MKTAYIKA"],
     "smiles": ["CCO", "CCO", "c1ccccc1C(=O)O", "CCN(CC)CC", "N#C", "CCO", "CCN"],
 }
-UNSHARED_TEMPLATE = "{smiles} binds {protein} <BA>"  # the prompts' distinct pieces hold 88% of their prefixes
+UNSHARED_TEMPLATE = "{smiles} binds {protein} <BA>"  # the prompts' distinct pieces hold 96% of their prefixes
 TAG_LENGTH = 3
 BACKBONES = ["tiny-llama", "tiny-gpt2"]
 
