@@ -10,10 +10,10 @@ feature vector (:meth:`TaggedModel.recomputed_slots`), which a template places r
 The prefix is cut into *pieces* whose keys/values are computed and stored once however many prompts
 contain them:
 
-- without isolated segments, a piece is a span of the template: text and tags up to the end of a
-  field's value (the text after the last field joins the last span); each attends to the pieces before
-  it, so prompts that begin alike share their leading pieces: a protein written before the drug is
-  computed and stored once per distinct protein;
+- a piece ends at the latest where a span of the template ends: text and tags up to the end of a
+  field's value (the text after the last field joins the last span). Without isolated segments each
+  piece attends to the pieces before it, so prompts that begin alike share their leading pieces: a
+  protein written before the drug is computed and stored once per distinct protein;
 - with isolated segments, each domain segment is a piece that depends on its own text and positions
   only (see :meth:`TaggedModel.position_ids`), so a protein that appears in 100 pairs is computed and
   stored once; the first run of shared text is one piece for all prompts; each later run of shared
@@ -186,17 +186,16 @@ class PrefixCache:
 
     def _runs(self, row: int, length: int) -> list[tuple[int, int, bool]]:
         """``(begin, end, dependent)`` spans of the first ``length`` tokens of prompt ``row``, each cached as a
-        unit: with isolated segments its segments and runs of shared text (those after the first dependent),
-        else its template spans (all but the first dependent), or one span without a template's spans."""
-        isolated = self.model.isolate_segments
-        labels = self.prompts.segments if isolated else self.prompts.spans
+        unit: cut where a domain segment begins or ends (with isolated segments) and where a template span
+        ends (after each field's value). A span of shared context after the first attends to those before
+        it (dependent); with isolated segments, a domain segment attends only to itself."""
         if not length:
             return []
-        if labels is None:
-            return [(0, length, False)]
-        labels = labels[row][:length]
-        bounds = [0, *(np.flatnonzero(np.diff(labels)) + 1).tolist(), length]
-        return [(b, e, b > 0 and (not isolated or labels[b] == 0)) for b, e in zip(bounds[:-1], bounds[1:])]
+        isolated, segments = self.model.isolate_segments, self.prompts.segments[row]
+        labels = ([segments] if isolated else []) + ([self.prompts.spans[row]] if self.prompts.spans else [])
+        cuts = sorted({int(i) + 1 for label in labels for i in np.flatnonzero(np.diff(label[:length]))})
+        bounds = [0, *cuts, length]
+        return [(b, e, b > 0 and (not isolated or segments[b] == 0)) for b, e in zip(bounds[:-1], bounds[1:])]
 
     def _digest(self, row: int, positions: np.ndarray, begin: int, end: int) -> bytes:
         digest = hashlib.blake2b(digest_size=16)

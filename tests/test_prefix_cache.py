@@ -128,6 +128,18 @@ def test_without_isolation_prompts_that_begin_alike_share_their_leading_pieces(t
     assert cache.cached_tokens < whole_prefixes.cached_tokens
 
 
+@pytest.mark.parametrize("isolate", [False, True])
+def test_fields_without_domain_tags_share_a_leading_field_exactly(isolate):
+    """The stage-3 ablation's prompts: no domain segments, so only the template's spans cut them."""
+    model = make_model(load_backbone("tiny-llama", dtype=torch.float64), isolate)
+    prompts = encode(model, template=TEMPLATE.replace("<Protein> ", "").replace("<SMILES> ", ""))
+    cache = PrefixCache(model, prompts).compute(batch_size=2)
+    assert len(cache.pieces) == len(set(VALUES["protein"])) + len(set(zip(*VALUES.values())))
+    rows = list(range(len(prompts)))
+    full = Batch.collate(prompts, rows, model.backbone.tokenizer.pad_token_id, "cpu")
+    torch.testing.assert_close(model.readout_states(cache.batch(rows)), model.readout_states(full), rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", BACKBONES)
 def test_isolated_segment_does_not_depend_on_other_segments_length(name):
     """The position layout: the SMILES segment's states are the same after a short or a long protein."""
