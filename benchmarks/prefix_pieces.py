@@ -74,12 +74,12 @@ def main() -> None:
           flush=True)
     per_prompt, per_prompt_seconds = timed_build(model, dataclasses.replace(prompts, spans=None), args.batch_size)
     print(f"one piece per prompt: {per_prompt.describe()}, built in {per_prompt_seconds:.1f}s", flush=True)
-    per_part, per_part_seconds = timed_build(model, prompts, args.batch_size)
-    print(f"pieces along the template's spans: {per_part.describe()}, built in {per_part_seconds:.1f}s", flush=True)
+    per_span, per_span_seconds = timed_build(model, prompts, args.batch_size)
+    print(f"pieces along the template's spans: {per_span.describe()}, built in {per_span_seconds:.1f}s", flush=True)
     difference = (readouts(model, per_prompt, len(prompts), args.batch_size)
-                  - readouts(model, per_part, len(prompts), args.batch_size)).abs().max().item()
-    print(f"build {per_prompt_seconds / per_part_seconds:.1f}x faster, "
-          f"{per_prompt.cached_tokens / per_part.cached_tokens:.1f}x fewer tokens stored; "
+                  - readouts(model, per_span, len(prompts), args.batch_size)).abs().max().item()
+    print(f"build {per_prompt_seconds / per_span_seconds:.1f}x faster, "
+          f"{per_prompt.cached_tokens / per_span.cached_tokens:.1f}x fewer tokens stored; "
           f"max |readout difference| {difference:.1e}; load average {os.getloadavg()[1]:.1f} over 5 minutes")
 
 

@@ -116,8 +116,8 @@ def main() -> None:
     parser.add_argument("--full-steps", type=int, default=4, help="batches timed through the full path")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (and a bfloat16 cache)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
-                        help="shared attention: the cache then holds a piece per template part and distinct "
-                             "content before it")
+                        help="shared attention: the cache then holds a piece per template span (up to the end "
+                             "of a field's value) and distinct content before it")
     parser.add_argument("--memory-gib", type=float, default=2.0, help="cache memory budget; the rest spills to disk")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
