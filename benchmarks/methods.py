@@ -152,13 +152,17 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("deepsynergy", "DeepSynergy-style MLP, torch", _deepsynergy, tasks=("dc-oneil",)),
     Method("chemprop", "chemprop 2.3.1's default MPNN, run by the chemprop CLI in its own environment",
            _chemprop, tasks=("qed",), environment_ready=environment_ready),
-    Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone)", _chemtag()),
+    Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone, reading the "
+                      "function tag's and each domain field's mean state)", _chemtag()),
+    Method("chemtag-readout-only", "chemtag with the head on the function tag's state only, as in Tag-LLM "
+                                   "(pool_fields=False)", _chemtag(pool_fields=False)),
     Method("chemtag-refit", "chemtag with the head fitted again in closed form after every epoch instead of "
                             "trained by AdamW (head_training='refit')", _chemtag(head_training="refit")),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
                                 "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),
     Method("chemtag-no-domain-tags", "chemtag with no domain tags: inputs written as plain text in the same "
-                                     "template (stage-3 ablation)", _chemtag_without_domain_tags),
+                                     "template (stage-3 ablation; no domain field to pool, so compare it with "
+                                     "chemtag-readout-only)", _chemtag_without_domain_tags),
     Method("chemtag-augment", "chemtag trained on both drug orders (pair_order='augment'; default 'average' "
                               "averages both orders at prediction only)", _chemtag(pair_order="augment"),
            tasks=("dc-oneil",)),

@@ -25,8 +25,8 @@ def group_index(groups: np.ndarray | None, n: int) -> np.ndarray:
 
 
 class LinearHead(nn.Module):
-    """``k`` outputs from a ``(B, d)`` hidden state: layer-normalise, standardise each feature, then a
-    linear map scaled by ``1/sqrt(d)``.
+    """``k`` outputs from ``blocks`` hidden states side by side, ``(B, blocks * d)``: layer-normalise each
+    ``d``-wide block, standardise each feature, then a linear map scaled by ``1/sqrt(blocks * d)``.
 
     A causal LM's hidden state is a large constant offset with small input-dependent variation (on
     SmolLM2 the per-feature spread across inputs is about a tenth of the offset), so the per-feature
@@ -34,21 +34,28 @@ class LinearHead(nn.Module):
     gradient step see the signal. The ``1/sqrt(d)`` readout keeps an Adam step of size ``lr`` from
     moving the output by ``lr * d``, so one learning rate suits tags and head at any width. Before
     :meth:`initialise` the standardisation is the identity and the linear map is zero, so regression
-    starts at the (standardised) mean and classification at uniform.
+    starts at the (standardised) mean and classification at uniform. With ``blocks`` > 1 the head reads
+    the readout followed by the pooled states of the prompt's domain fields
+    (:attr:`~chemtag.model.TaggedModel.pooled_fields`).
     """
 
-    def __init__(self, hidden_size: int, outputs: int):
+    def __init__(self, hidden_size: int, outputs: int, blocks: int = 1):
         super().__init__()
+        self.hidden_size, self.blocks = hidden_size, blocks
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False)
-        self.register_buffer("feature_mean", torch.zeros(hidden_size))
-        self.register_buffer("feature_scale", torch.ones(hidden_size))
-        self.linear = nn.Linear(hidden_size, outputs)
-        self.scale = 1 / math.sqrt(hidden_size)
+        self.register_buffer("feature_mean", torch.zeros(blocks * hidden_size))
+        self.register_buffer("feature_scale", torch.ones(blocks * hidden_size))
+        self.linear = nn.Linear(blocks * hidden_size, outputs)
+        self.scale = 1 / math.sqrt(blocks * hidden_size)
         self._reset_linear()
 
+    def normalised(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` ``(B, blocks * d)`` with each ``d``-wide block layer-normalised on its own."""
+        return self.norm(hidden.unflatten(-1, (self.blocks, self.hidden_size))).flatten(-2)
+
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The linear map's input, ``(B, d)``: normalised, standardised and scaled ``hidden``."""
-        return (self.norm(hidden) - self.feature_mean) * self.feature_scale * self.scale
+        """The linear map's input, ``(B, blocks * d)``: normalised, standardised and scaled ``hidden``."""
+        return (self.normalised(hidden) - self.feature_mean) * self.feature_scale * self.scale
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(self.features(hidden))
@@ -58,7 +65,7 @@ class LinearHead(nn.Module):
                    groups: np.ndarray | None = None) -> float:
         """Fit the head to fixed readouts: a linear probe that training then starts from.
 
-        ``readouts`` ``(n, d)`` are the hidden states of the training rows before any tag update and
+        ``readouts`` ``(n, blocks * d)`` are the hidden states of the training rows before any tag update and
         ``targets`` ``(n, ...)`` their targets. The standardisation takes their per-feature mean and
         spread (a feature that hardly varies is not blown up to the others' spread); the linear map
         minimises ``loss_fn`` plus an L2 penalty on its weight by L-BFGS, the penalty chosen from
@@ -66,7 +73,7 @@ class LinearHead(nn.Module):
         folds; ``groups`` ``(n,)`` keeps copies of one input in one fold), or :data:`DEFAULT_PENALTY` with
         fewer than two rows a fold or fewer groups than folds. Returns the penalty.
         """
-        normalised = self.norm(readouts.float())
+        normalised = self.normalised(readouts.float())
         self.feature_mean.copy_(normalised.mean(dim=0))
         variance = normalised.var(dim=0, unbiased=False)
         self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))

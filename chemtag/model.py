@@ -35,12 +35,29 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @dataclass
+class FieldSums:
+    """Final hidden states summed over the value tokens of each pooled domain field: ``sums`` ``(B, K, d)``
+    float32 and the tokens summed ``counts`` ``(B, K)``, for ``K`` fields."""
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+    def __add__(self, other: "FieldSums") -> "FieldSums":
+        return FieldSums(self.sums + other.sums, self.counts + other.counts)
+
+    def means(self) -> torch.Tensor:
+        """Each field's mean state ``(B, K, d)``; zeros for a field without tokens."""
+        return self.sums / self.counts.clamp(min=1).unsqueeze(-1)
+
+
+@dataclass
 class Batch:
     """Right-padded prompts as tensors: ``(B, L)`` ids, tag slots, segments, mask; ``(B,)`` readout.
 
     A batch may continue cached prompt prefixes: ``prefix`` holds their keys/values, the batch's tokens
     follow them (token ``j`` of row ``b`` is token ``prefix.lengths[b] + j`` of its prompt) and
-    ``positions`` ``(B, L)`` gives their position ids. Without a prefix, positions follow
+    ``positions`` ``(B, L)`` gives their position ids, and ``prefix_fields`` the pooled fields' sums over
+    the prefixes' tokens (for a model that pools fields). Without a prefix, positions follow
     :meth:`TaggedModel.position_ids`.
     """
 
@@ -51,6 +68,7 @@ class Batch:
     readout: torch.Tensor
     positions: torch.Tensor | None = None
     prefix: PrefixKV | None = None
+    prefix_fields: FieldSums | None = None
 
     @classmethod
     def collate(cls, prompts: EncodedPrompts, indices: Sequence[int], pad_id: int, device) -> "Batch":
@@ -65,7 +83,8 @@ class Batch:
 
 
 class TaggedModel(nn.Module):
-    """A frozen backbone conditioned by tags, with a task head on the readout hidden state.
+    """A frozen backbone conditioned by tags, with a task head on the readout hidden state (and on the
+    pooled states of the input fields).
 
     Only the tags in ``trainable``, the ``head`` and the feature tag's projection receive gradients. The
     backbone is held by reference, never registered as a submodule, so ``state_dict()`` holds tags,
@@ -82,10 +101,15 @@ class TaggedModel(nn.Module):
         states depend on its own text only (Tag-LLM's regression layout).
     feature_tag : the feature vectors of the prompts' feature slots, of the tags' length; their rows
         follow the tag table's (see :class:`~chemtag.templates.EncodedPrompts`).
+    pooled_fields : the head also reads, after the readout, the mean final hidden state over the value
+        tokens (tag vectors left out) of each of the first ``pooled_fields`` domain segments: its input is
+        then ``(B, (1 + pooled_fields) * d)``. A causal model computes those tokens before the function
+        tag, so with frozen domain tags their states are constants of each prompt, computed once in the
+        prefix cache.
     """
 
     def __init__(self, backbone: Backbone, tags: Sequence[Tag], head: nn.Module, trainable: Sequence[str],
-                 isolate_segments: bool = False, feature_tag: FeatureTag | None = None):
+                 isolate_segments: bool = False, feature_tag: FeatureTag | None = None, pooled_fields: int = 0):
         super().__init__()
         lengths = {tag.length for tag in tags} | ({feature_tag.length} if feature_tag is not None else set())
         if len(lengths) != 1:
@@ -102,6 +126,7 @@ class TaggedModel(nn.Module):
         self.head = head
         self.isolate_segments = isolate_segments
         self.feature_tag = feature_tag
+        self.pooled_fields = pooled_fields
 
     @property
     def feature_ids(self) -> list[str]:
@@ -212,11 +237,26 @@ class TaggedModel(nn.Module):
         kv = [(layer.keys, layer.values) for layer in outputs.cache.layers] if keep_kv else None
         return outputs.last_hidden_state, kv
 
+    def field_sums(self, hidden: torch.Tensor, batch: Batch) -> FieldSums:
+        """Sums of ``hidden`` ``(B, L, d)``, the final states of ``batch``'s tokens, over the value tokens of
+        each pooled field (domain segments ``1 .. pooled_fields``, tag vectors and padding left out)."""
+        segment = torch.arange(1, self.pooled_fields + 1, device=hidden.device)
+        value = (batch.tag_slots < 0) & batch.attention_mask
+        own = ((batch.segments.unsqueeze(-1) == segment) & value.unsqueeze(-1)).float()  # (B, L, K)
+        return FieldSums(torch.einsum("blk,bld->bkd", own, hidden.float()), own.sum(dim=1))
+
     def readout_states(self, batch: Batch) -> torch.Tensor:
-        """Final hidden state at each prompt's last function-tag vector: ``(B, d)`` float32."""
+        """The head's input, float32: the final hidden state at each prompt's last function-tag vector
+        ``(B, d)``, followed by the pooled fields' mean states, ``(B, (1 + pooled_fields) * d)``."""
         hidden, _ = self.hidden_states(batch)
         rows = torch.arange(len(batch.readout), device=hidden.device)
-        return hidden[rows, batch.readout].float()
+        readout = hidden[rows, batch.readout].float()
+        if not self.pooled_fields:
+            return readout
+        fields = self.field_sums(hidden, batch)
+        if batch.prefix_fields is not None:
+            fields = fields + batch.prefix_fields
+        return torch.cat([readout, fields.means().flatten(1)], dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Head outputs ``(B, k)``; the head runs in float32 even under bfloat16 autocast (it is small and

@@ -87,7 +87,7 @@ def load_estimator(folder: str | Path, expected_class: type | None = None):
         raise ValueError(f"{config_path} names an unknown estimator class {config.get('class')!r}.")
     if expected_class is not None and not issubclass(cls, expected_class):
         raise TypeError(f"{folder} holds a {cls.__name__}, not a {expected_class.__name__}.")
-    params = dict(config["params"])
+    params = cls.PARAMS_ADDED | config["params"]
     if "frames" in config:
         values = _checked_tensors(folder / _FRAMES_FILE, config["frames_sha256"])
         params |= {name: _frame(values[name].numpy(), labels) for name, labels in config["frames"].items()}

@@ -20,6 +20,9 @@ contain them:
   text (e.g. ``". The SMILES of the drug is"``) attends to everything before it and is a piece per
   distinct preceding content.
 
+For a model that pools its input fields (:attr:`TaggedModel.pooled_fields`), each piece also keeps the
+sums of its tokens' final hidden states per field, so a row's field means come from its pieces too.
+
 Keys/values stay in the backbone's device memory (host memory on a CPU, GPU memory on a GPU, where each
 step then gathers its prefixes without a copy) up to a byte budget and go to a memory-mapped temporary
 file beyond it.
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from chemtag.model import Batch, TaggedModel, autocast, pad_rows
+from chemtag.model import Batch, FieldSums, TaggedModel, autocast, pad_rows
 from chemtag.prefix_attention import PrefixKV
 from chemtag.templates import EncodedPrompts
 
@@ -166,6 +169,7 @@ class PrefixCache:
         self.pieces: list[_Piece] = []
         self._plan()
         self._store: _KVStore | None = None
+        self._piece_fields: FieldSums | None = None
 
     # ----------------------------------------------------------------- planning
     def _plan(self) -> None:
@@ -233,8 +237,12 @@ class PrefixCache:
         (the system's temporary folder by default); :class:`PrefixCacheTooLarge` if the disk is too full.
         """
         dtype = torch.bfloat16 if bf16 else self.model.backbone.dtype
-        self._store = _KVStore(self.cached_tokens, self._layout(), dtype, memory_bytes, directory,
-                               self.model.backbone.device)
+        device, fields = self.model.backbone.device, self.model.pooled_fields
+        self._store = _KVStore(self.cached_tokens, self._layout(), dtype, memory_bytes, directory, device)
+        if fields:  # a last row of zeros stands for "no piece" when rows' pieces are gathered
+            self._piece_fields = FieldSums(
+                torch.zeros(len(self.pieces) + 1, fields, self.model.backbone.hidden_size, device=device),
+                torch.zeros(len(self.pieces) + 1, fields, device=device))
         progress = tqdm(total=self.cached_tokens, unit="tok", disable=verbose <= 0, leave=verbose > 1,
                         desc=f"caching prefix keys/values ({self.describe()})")
         # Standalone pieces first, then dependent ones by depth: a piece's context is stored before it.
@@ -245,7 +253,7 @@ class PrefixCache:
             with autocast(self.model.backbone.device, bf16), progress:
                 for _, wave in sorted(waves.items()):
                     for chunk in _chunks(wave, batch_size, key=lambda i: self.pieces[i].cost):
-                        self._compute_pieces([self.pieces[i] for i in chunk])
+                        self._compute_pieces(chunk)
                         progress.update(sum(self.pieces[i].length for i in chunk))
         except BaseException:
             self.close()
@@ -257,8 +265,10 @@ class PrefixCache:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._piece_fields = None
 
-    def _compute_pieces(self, pieces: Sequence[_Piece]) -> None:
+    def _compute_pieces(self, indices: Sequence[int]) -> None:
+        pieces = [self.pieces[i] for i in indices]
         prompts, device = self.prompts, self.model.backbone.device
         spans = [slice(piece.begin, piece.end) for piece in pieces]
         to = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
@@ -273,10 +283,13 @@ class PrefixCache:
             positions=to(pad_rows(positions, 0)),
             prefix=self._prefix([p.row for p in pieces], [p.depth for p in pieces]) if pieces[0].dependent else None,
         )
-        _, kv = self.model.hidden_states(batch, keep_kv=True)
+        hidden, kv = self.model.hidden_states(batch, keep_kv=True)
         stacked = torch.stack([torch.stack(pair) for pair in kv])  # (n_layers, 2, B, kv_heads, L, head_dim)
         for i, piece in enumerate(pieces):
             self._store.write(piece.offset, stacked[:, :, i, :, :piece.length])
+        if self._piece_fields is not None:
+            fields, at = self.model.field_sums(hidden, batch), torch.as_tensor(indices, device=device)
+            self._piece_fields.sums[at], self._piece_fields.counts[at] = fields.sums, fields.counts
 
     # ----------------------------------------------------------------- reading
     def _prefix(self, rows: Sequence[int], n_pieces: Sequence[int]) -> PrefixKV:
@@ -312,6 +325,10 @@ class PrefixCache:
         batch = Batch.collate(suffixes, range(len(rows)), self.model.backbone.tokenizer.pad_token_id, device)
         batch.positions = torch.as_tensor(pad_rows([self._suffix_positions[r] for r in rows], 0), device=device)
         batch.prefix = self._prefix(rows, [len(self._row_pieces[r]) for r in rows])
+        if self._piece_fields is not None:
+            pieces = torch.as_tensor(pad_rows([self._row_pieces[r] for r in rows], len(self.pieces)), device=device)
+            batch.prefix_fields = FieldSums(self._piece_fields.sums[pieces].sum(dim=1),
+                                            self._piece_fields.counts[pieces].sum(dim=1))
         return batch
 
     def describe(self) -> str:

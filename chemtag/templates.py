@@ -109,6 +109,11 @@ class Template:
             if isinstance(field, Field) and field.segment
         }
 
+    @property
+    def domain_segments(self) -> int:
+        """How many fields stand right after a domain tag: the prompts' domain segments are ``1 .. n``."""
+        return max((part.segment for part in self.parts if isinstance(part, Field)), default=0)
+
     def _check(self) -> None:
         if not self.parts or not isinstance(self.parts[-1], TagSlot):
             raise ValueError(f"A template must end with its function tag, e.g. '... <QED>'; got {self.source!r}.")

@@ -316,3 +316,24 @@ def test_cache_memory_bytes_moves_the_prefix_cache_to_disk_without_changing_the_
     np.testing.assert_array_equal(on_disk.predict(SMILES), in_memory.predict(SMILES))
     with pytest.raises(ValueError, match="cache_memory_bytes must be a non-negative integer"):
         QEDRegressor(cache_memory_bytes=-1, **FAST).fit(SMILES, TARGETS)
+
+
+@pytest.mark.parametrize("pool_fields, blocks", [(True, 3), (False, 1)])
+def test_pool_fields_widens_the_head_by_one_block_per_domain_field(pool_fields, blocks):
+    X = pd.DataFrame({"a": SMILES, "b": SMILES[::-1], "note": ["x"] * len(SMILES)})
+    model = TagLLMRegressor({"a": "SMILES", "b": "SMILES", "note": "Text"}, "Y", pool_fields=pool_fields, **FAST)
+    model.fit(X, TARGETS)
+    assert model.head_["linear.weight"].shape == (1, blocks * 64)  # the text field is not pooled
+    assert np.isfinite(model.predict(X)).all()
+
+
+def test_a_model_saved_before_pool_fields_existed_loads_as_it_was_saved(tmp_path):
+    model = QEDRegressor(pool_fields=False, **FAST).fit(SMILES, TARGETS)
+    folder = model.save(tmp_path / "model")
+    config = json.loads((folder / "estimator.json").read_text())
+    del config["params"]["pool_fields"]
+    (folder / "estimator.json").write_text(json.dumps(config))
+    del model.pool_fields
+    for loaded in QEDRegressor.load(folder), pickle.loads(pickle.dumps(model)):
+        assert loaded.pool_fields is False
+        np.testing.assert_array_equal(loaded.predict(SMILES), QEDRegressor.load(folder).predict(SMILES))

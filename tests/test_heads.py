@@ -98,3 +98,11 @@ def test_a_head_saved_without_standardisation_statistics_loads_with_the_identity
     hidden = torch.randn(3, D)
     expected = nn.functional.layer_norm(hidden, (D,)) / math.sqrt(D) @ old["linear.weight"].T + old["linear.bias"]
     torch.testing.assert_close(head(hidden), expected)
+
+
+def test_blocks_side_by_side_are_layer_normalised_each_on_its_own():
+    readout, pooled = _readouts(20, seed=0)[0], _readouts(20, seed=1)[0]
+    head = LinearHead(D, 1, blocks=2)
+    together = head.normalised(torch.cat([readout, 1000 * pooled], dim=1))
+    torch.testing.assert_close(together, torch.cat([head.norm(readout), head.norm(pooled)], dim=1))
+    assert head.linear.in_features == 2 * D and head.feature_mean.shape == (2 * D,)

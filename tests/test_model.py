@@ -131,3 +131,20 @@ def test_tags_must_share_one_length(tiny_llama):
     tags = [Tag("SMILES", "domain", torch.zeros(2, 64)), Tag("QED", "function", torch.zeros(3, 64))]
     with pytest.raises(ValueError, match="one length"):
         TaggedModel(tiny_llama, tags, nn.Linear(64, 1), trainable=["QED"])
+
+
+def test_pooled_fields_follow_the_readout_as_each_field_s_mean_state_over_its_own_tokens(tiny_backbone):
+    model = _model(tiny_backbone, isolate_segments=True)
+    model.pooled_fields = 2
+    batch = _batch(model)
+    hidden, _ = model.hidden_states(batch)
+    states = model.readout_states(batch)
+    d = tiny_backbone.hidden_size
+    assert states.shape == (len(batch.readout), 3 * d)
+    rows = torch.arange(len(batch.readout))
+    torch.testing.assert_close(states[:, :d], hidden[rows, batch.readout].float())
+    for field, drugs in enumerate([VALUES["drug1"], VALUES["drug2"]], start=1):
+        for row in range(len(drugs)):
+            own = (batch.segments[row] == field) & (batch.tag_slots[row] < 0)
+            assert own.any()
+            torch.testing.assert_close(states[row, field * d:(field + 1) * d], hidden[row, own].float().mean(dim=0))

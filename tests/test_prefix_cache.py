@@ -321,3 +321,15 @@ def test_a_cache_that_fits_nowhere_falls_back_to_the_full_pass(tiny_llama, monke
     expected = train(reference, prompts, targets, nn.functional.mse_loss,
                      dataclasses.replace(config, prefix_cache=False))
     assert history[0]["train_loss"] == expected[0]["train_loss"]
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_pooled_field_states_through_the_cache_are_exact_in_float64(name, isolate):
+    model = make_model(load_backbone(name, dtype=torch.float64), isolate)
+    model.pooled_fields = 2
+    (states, gradient), (cached_states, cached_gradient), cache = full_and_cached(model, [1, 3, 5, 0, 6, 2, 4])
+    d = model.backbone.hidden_size
+    assert states.shape[1] == 3 * d and states[:, d:].abs().max() > 1e-3  # the field means are there
+    torch.testing.assert_close(cached_states, states, rtol=0, atol=1e-10)
+    torch.testing.assert_close(cached_gradient, gradient, rtol=0, atol=1e-10 * gradient.abs().max().item())

@@ -50,6 +50,8 @@ class TagLLMEstimator(BaseEstimator):
 
     _classification = False
     _field_features: tuple[str, str] | None = None
+    PARAMS_ADDED = {"pool_fields": False}
+    """Parameters added after the first release, with the value that reproduces a model saved without them."""
 
     def __init__(
         self,
@@ -63,6 +65,7 @@ class TagLLMEstimator(BaseEstimator):
         domain_tags: str | None = "pretrained",
         tune_domain_tags: bool = False,
         isolate_segments: bool = False,
+        pool_fields: bool = True,
         max_epochs: int = 20,
         batch_size: int = 16,
         lr: float = 1e-4,
@@ -90,6 +93,7 @@ class TagLLMEstimator(BaseEstimator):
         self.domain_tags = domain_tags
         self.tune_domain_tags = tune_domain_tags
         self.isolate_segments = isolate_segments
+        self.pool_fields = pool_fields
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -123,7 +127,7 @@ class TagLLMEstimator(BaseEstimator):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
+        super().__setstate__(self.PARAMS_ADDED | state)
         self._run_on_the_cpu_if_the_device_is_absent()
 
     def _run_on_the_cpu_if_the_device_is_absent(self) -> None:
@@ -447,23 +451,31 @@ class TagLLMEstimator(BaseEstimator):
         tags = pretrained.domain_tags(backbone, domain_tag_names, self.domain_tags, self.tag_length)
         tags.append(Tag.initialise(template.function_tag, "function", backbone, self.tag_length))
         trainable = [template.function_tag] + (domain_tag_names if self.tune_domain_tags else [])
-        head = LinearHead(backbone.hidden_size, self._head_size())
         feature_tag = None if features is None else FeatureTag.initialise(
             features.ids, torch.from_numpy(features.values),
             initial_tag_vectors(backbone.model.get_input_embeddings().weight, self.tag_length),
         ).to(backbone.device)
-        return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments, feature_tag)
+        return self._tagged_model(backbone, template, tags, trainable, feature_tag)
+
+    def _tagged_model(self, backbone: Backbone, template: Template, tags: list[Tag], trainable: list[str],
+                      feature_tag: FeatureTag | None, head_state: dict[str, torch.Tensor] | None = None) -> TaggedModel:
+        """The tagged model of ``template`` with a head that reads the pooled fields if ``pool_fields`` says so
+        (loaded from ``head_state`` where given)."""
+        pooled = template.domain_segments if self.pool_fields else 0
+        head = LinearHead(backbone.hidden_size, self._head_size(), blocks=1 + pooled)
+        if head_state is not None:
+            head.load_state_dict(head_state)
+        return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments, feature_tag,
+                           pooled_fields=pooled)
 
     def _model_from_fitted(self, backbone: Backbone) -> TaggedModel:
         model = getattr(self, "_model", None)
         if model is None or model.backbone is not backbone:
-            head = LinearHead(backbone.hidden_size, self._head_size())
-            head.load_state_dict(self.head_)
             trainable = [n for n, t in self.tags_.items() if t.kind == "function" or self.tune_domain_tags]
             feature_tag = (FeatureTag.from_state(self.feature_ids_, self.feature_tag_, backbone.hidden_size)
                            .to(backbone.device) if hasattr(self, "feature_tag_") else None)
-            model = TaggedModel(backbone, list(self.tags_.values()), head.to(backbone.device), trainable,
-                                self.isolate_segments, feature_tag)
+            model = self._tagged_model(backbone, Template.parse(self.template_), list(self.tags_.values()), trainable,
+                                       feature_tag, head_state=self.head_)
             self._model = model
         return model
 

@@ -16,8 +16,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     """Regression with a frozen LLM conditioned by tags (Tag-LLM).
 
     Each row of ``X`` is written into a prompt: every input column stands after its domain tag,
-    and the function tag ends the prompt. The final hidden state at the function tag feeds a
-    linear head. Only the function tag and the head are trained (domain tags too with
+    and the function tag ends the prompt. The final hidden state at the function tag (and, with
+    ``pool_fields``, each domain field's mean state) feeds a linear head. Only the function tag and the head are trained (domain tags too with
     ``tune_domain_tags=True``). Targets are standardised internally.
 
     Parameters
@@ -50,6 +50,11 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         Also train the domain tags (by default they stay frozen).
     isolate_segments : bool
         Each ``<Domain> value`` segment attends only to itself, as in Tag-LLM's regression setting.
+    pool_fields : bool
+        The head reads, beside the final hidden state at the function tag, the mean final hidden state
+        over each domain field's tokens (its input grows from ``d`` to ``(1 + fields) * d``). Those
+        states do not depend on the function tag, so with frozen domain tags they cost nothing per
+        step. ``False`` reads the function tag only, as Tag-LLM does; see docs/training.md.
     max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head, the learning rate
         rising linearly over the first 100 steps; the head is first fitted as a linear probe, epoch 0).
     validation_fraction : float
