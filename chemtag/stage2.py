@@ -62,7 +62,7 @@ def labelled_rows(corpus: str | Path, task: str, n_rows: int, skip: int = 0, max
     return table
 
 
-_RECORDED_SETTINGS = ("lr", "batch_size", "max_epochs", "patience", "head_training", "bf16")
+_RECORDED_SETTINGS = ("lr", "batch_size", "max_epochs", "patience", "head_training", "pool_fields", "bf16")
 
 
 def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: str | Path, *, n_train: int,

@@ -337,3 +337,11 @@ def test_a_model_saved_before_pool_fields_existed_loads_as_it_was_saved(tmp_path
     for loaded in QEDRegressor.load(folder), pickle.loads(pickle.dumps(model)):
         assert loaded.pool_fields is False
         np.testing.assert_array_equal(loaded.predict(SMILES), QEDRegressor.load(folder).predict(SMILES))
+
+
+def test_pool_fields_changed_after_a_fit_is_refused_until_fitted_again():
+    model = QEDRegressor(**FAST).fit(SMILES, TARGETS).set_params(pool_fields=False)
+    with pytest.raises(ValueError, match=r"^This model's head was fitted with pool_fields=True; set it back or fit "
+                                         r"again \(warm_start=False\)\.$"):
+        model.predict(SMILES)
+    assert model.fit(SMILES, TARGETS).head_["linear.weight"].shape == (1, 64)

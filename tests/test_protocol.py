@@ -178,6 +178,7 @@ def test_cli_pretrain_function_writes_the_estimator_and_reports_its_error(shippe
     assert QEDRegressor.load(folder).get_params()["head_training"] == "refit"
     recorded = json.loads((folder / "stage2.json").read_text())
     assert recorded["training"]["head_training"] == "refit" and recorded["training"]["max_epochs"] == 1
+    assert recorded["training"]["pool_fields"] is True
     assert len(recorded["valid_loss_by_epoch"]) == 2  # the probe's epoch 0 and epoch 1
 
 

@@ -464,6 +464,9 @@ class TagLLMEstimator(BaseEstimator):
         pooled = template.domain_segments if self.pool_fields else 0
         head = LinearHead(backbone.hidden_size, self._head_size(), blocks=1 + pooled)
         if head_state is not None:
+            if head_state["linear.weight"].shape != head.linear.weight.shape:
+                raise ValueError(f"This model's head was fitted with pool_fields={not self.pool_fields}; set it back "
+                                 f"or fit again (warm_start=False).")
             head.load_state_dict(head_state)
         return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments, feature_tag,
                            pooled_fields=pooled)
