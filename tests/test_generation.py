@@ -170,6 +170,9 @@ def test_targets_are_validated_in_the_output_domain():
         TagLLMGenerator(isolate_segments=True, **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
     with pytest.raises(ValueError, match="^TagLLMGenerator needs head_training='joint': its head is the backbone's own"):
         TagLLMGenerator(head_training="refit", **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
+    with pytest.raises(ValueError, match=r"^TagLLMGenerator needs pool_fields=False: its head is the backbone's own "
+                                         r"LM head, which reads each token's state only\.$"):
+        TagLLMGenerator(pool_fields=True, **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
     with pytest.raises(ValueError, match="num_beams must be a positive integer"):
         TagLLMGenerator(num_beams=0, **QUICK).fit(pd.DataFrame({"x": ["a"]}), ["b"])
 

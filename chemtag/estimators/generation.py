@@ -62,12 +62,13 @@ class TagLLMGenerator(TagLLMEstimator):
         1 for greedy decoding, more for beam search.
 
     The other parameters are those of :class:`~chemtag.TagLLMRegressor`; ``isolate_segments`` must
-    stay False (generated text attends to the whole prompt) and ``head_training`` ``"joint"``. The
+    stay False (generated text attends to the whole prompt), ``head_training`` ``"joint"`` and
+    ``pool_fields`` False (the backbone's LM head reads each token's state only). The
     early-stopping loss is the mean target-token cross-entropy of the validation rows. Attributes are
     those of the regressor but ``head_``, which is empty (the head is the backbone's own).
     """
 
-    __init__ = derived_init(TagLLMEstimator, output_domain="Text", max_new_tokens=64, num_beams=1)
+    __init__ = derived_init(TagLLMEstimator, pool_fields=False, output_domain="Text", max_new_tokens=64, num_beams=1)
 
     # ----------------------------------------------------------------- fit / predict / score
     def fit(self, X, y):
@@ -143,6 +144,9 @@ class TagLLMGenerator(TagLLMEstimator):
         if self.head_training != "joint":
             raise ValueError(f"{type(self).__name__} needs head_training='joint': its head is the backbone's own "
                              f"LM head, which stays frozen and has no closed-form fit.")
+        if self.pool_fields:
+            raise ValueError(f"{type(self).__name__} needs pool_fields=False: its head is the backbone's own LM head, "
+                             f"which reads each token's state only.")
         self._check_output_params()
 
     def _check_output_params(self) -> None:
