@@ -17,8 +17,9 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
 
     Each row of ``X`` is written into a prompt: every input column stands after its domain tag,
     and the function tag ends the prompt. The final hidden state at the function tag (and, with
-    ``pool_fields``, each domain field's mean state) feeds a linear head. Only the function tag and the head are trained (domain tags too with
-    ``tune_domain_tags=True``). Targets are standardised internally.
+    ``pool_fields``, each domain field's mean state) feeds a linear head. Only the function tag and
+    the head are trained (domain tags too with ``tune_domain_tags=True``). Targets are standardised
+    internally.
 
     Parameters
     ----------
