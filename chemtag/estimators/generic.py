@@ -54,8 +54,9 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     pool_fields : bool
         The head reads, beside the final hidden state at the function tag, the mean final hidden state
         over each domain field's tokens (its input grows from ``d`` to ``(1 + fields) * d``). Those
-        states do not depend on the function tag, so with frozen domain tags they cost nothing per
-        step. ``False`` reads the function tag only, as Tag-LLM does; see docs/training.md.
+        states do not depend on the function tag, so with frozen domain tags they are computed once per
+        fit, in the prefix cache. ``False`` reads the function tag only, as Tag-LLM does; see
+        docs/training.md.
     max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head, the learning rate
         rising linearly over the first 100 steps; the head is first fitted as a linear probe, epoch 0).
     validation_fraction : float
