@@ -43,7 +43,8 @@ def main() -> None:
     mean_mse = float(np.mean((train["QED"].mean() - test["QED"]) ** 2))
     for lr in args.lr:
         started = time.perf_counter()
-        model = QEDRegressor(lr=lr, max_epochs=args.max_epochs, bf16=args.bf16, random_state=args.seed, verbose=0)
+        model = QEDRegressor(lr=lr, max_epochs=args.max_epochs, bf16=args.bf16, random_state=args.seed, verbose=0,
+                             pool_fields=False)
         model.fit(train[["Drug"]], train["QED"])
         ratio = float(np.mean((model.predict(test[["Drug"]]) - test["QED"]) ** 2)) / mean_mse
         epochs = " ".join(f"{r['epoch']}:{r['train_loss']:.3f}/{r.get('valid_loss', float('nan')):.3f}"

@@ -12,9 +12,9 @@ torch.set_num_threads(2)
 smiles = [s for s in demo_smiles() if canonical_smiles(s) and len(s) <= 80]
 rows = np.random.default_rng(0).permutation(len(smiles))[:200]
 table = pd.DataFrame({"Drug": [smiles[i] for i in rows]}); table["QED"] = qed(table["Drug"])
-est = QEDRegressor(); est.fields_ = {"Drug": "SMILES"}; est.template_ = est.template
+est = QEDRegressor(pool_fields=False); est.fields_ = {"Drug": "SMILES"}; est.template_ = est.template
 bb = est._backbone(); tpl = Template.parse(est.template_)
-model = est._new_model(bb, tpl)
+model = est._new_model(bb, tpl, None)
 prompts = est._encoder(tpl, model).encode({"Drug": list(table.Drug)})
 y = torch.tensor(((table.QED - table.QED.mean())/table.QED.std()).to_numpy(), dtype=torch.float32)
 mse = lambda o, t: torch.nn.functional.mse_loss(o.squeeze(-1), t)

@@ -10,7 +10,8 @@ fits ``QEDRegressor`` on a seeded qed subsample with the training loop's head tr
   readouts of the moved tag after it (each epoch's losses are those of the refitted head).
 
 The ``refit`` treatment is what the estimators' ``head_training="refit"`` ships; this script also prints
-each epoch's losses with the head the epoch's tag steps ran against, before the refit. It wraps three
+each epoch's losses with the head the epoch's tag steps ran against, before the refit. The head reads
+the function tag's state alone (``pool_fields=False``), as when the study was measured. It wraps three
 private steps of :mod:`chemtag.training`, so it follows that module's internals.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/head_refit.py --variant refit --n-train 600
@@ -65,7 +66,7 @@ def main() -> None:
     data = load_data(TASKS["qed"], Rows(arguments.n_train, arguments.n_test), 0, 0, DATA_DIR)
     started = time.perf_counter()
     model = QEDRegressor(max_epochs=arguments.epochs, lr=arguments.lr, patience=arguments.epochs, verbose=1,
-                         random_state=0).fit(data.X_train, data.y_train)
+                         random_state=0, pool_fields=False).fit(data.X_train, data.y_train)
     mse = float(np.mean((model.predict(data.X_test) - data.y_test) ** 2))
     baseline = float(np.mean((data.y_test - data.y_train.mean()) ** 2))
     print(f"{arguments.variant}, lr {arguments.lr}: test MSE {mse:.5f} (mean predictor {baseline:.5f}) in "

@@ -14,19 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from torch import nn
 
-from benchmarks.splits import subsample
-from benchmarks.tasks import DATA_DIR, TASKS
-from chemtag.templates import Template
 from chemtag.training import predict
-
-ALPHAS = np.logspace(-2, 5, 15)
+from preset_states import mean_predictor_mse, preset_states, ridge_probe
 
 
 def read_every_layer(model) -> None:
@@ -66,36 +57,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    task = TASKS[args.task]
-    frame = task.read(DATA_DIR)
-    split = subsample(task.split(frame, 0, args.seed), args.n_train, args.n_test, args.seed)
-    rows = np.concatenate([split.train, split.test])
-    X = frame.iloc[rows][list(task.inputs)].reset_index(drop=True)
-    y = np.asarray(task.label(frame.iloc[rows]), dtype=float)
-    estimator = task.estimator(protein_alphabet="extended")
-    fields = estimator._fields(X)
-    estimator.fields_, estimator.template_ = fields, estimator.template
-    backbone = estimator._backbone()
-    template = Template.parse(estimator.template_)
-    model = estimator._new_model(backbone, template, features=None)
-    model.head = nn.Identity()
-    read_every_layer(model)
-    prompts = estimator._encoder(template, model).encode({column: list(X[column]) for column in fields})
+    states = preset_states(args.task, args.n_train, args.n_test, args.seed, max_residues=None, pool_fields=False)
+    read_every_layer(states.model)
     started = time.perf_counter()
-    features = predict(model, prompts, batch_size=32, bf16=True, verbose=1).numpy()
-    print(f"readouts of {len(X):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+    features = predict(states.model, states.prompts, batch_size=32, bf16=True, verbose=1).numpy()
+    print(f"readouts of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
 
-    n_train, d = len(split.train), backbone.hidden_size
-    train, test = slice(0, n_train), slice(n_train, None)
-    mean_mse = np.mean((y[test] - y[train].mean()) ** 2)
-    print(f"{args.task}, {n_train:,} train / {len(split.test):,} test, seed {args.seed}; "
+    y, n_train, d = states.y, states.n_train, states.model.backbone.hidden_size
+    mean_mse = mean_predictor_mse(y, n_train)
+    print(f"{args.task}, {n_train:,} train / {len(y) - n_train:,} test, seed {args.seed}; "
           f"mean predictor MSE {mean_mse:.5g}")
     print("| layer | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
     for layer in range(1, features.shape[1] // d + 1):  # 1: the first decoder layer's output
-        layer_features = features[:, (layer - 1) * d:layer * d]
-        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(layer_features[train], y[train])
-        mse = np.mean((probe.predict(layer_features[test]) - y[test]) ** 2)
-        print(f"| {layer} | {mse:.5g} | {mse / mean_mse:.3f} | {probe[-1].alpha_:.3g} |", flush=True)
+        mse, penalty = ridge_probe(features[:, (layer - 1) * d:layer * d], y, n_train)
+        print(f"| {layer} | {mse:.5g} | {mse / mean_mse:.3f} | {penalty:.3g} |", flush=True)
 
 
 if __name__ == "__main__":

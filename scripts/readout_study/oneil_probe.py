@@ -27,7 +27,7 @@ data = load_data(TASKS["dc-oneil"], Rows(400, 200), fold=0, seed=0)
 swap = lambda frame: frame.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})[list(frame.columns)]
 cache = Path("/tmp/exp/oneil/readouts.npz")
 if not cache.exists():
-    est = DrugComboRegressor()
+    est = DrugComboRegressor(pool_fields=False)  # the readout alone, as measured
     est.fields_ = {"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}
     est.template_ = est.template
     backbone, template = est._backbone(), Template.parse(est.template)

@@ -19,34 +19,9 @@ import time
 
 import numpy as np
 import torch
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from torch import nn
 
-from benchmarks.splits import subsample
-from benchmarks.tasks import DATA_DIR, TASKS, crop_proteins
-from chemtag.templates import Template
 from chemtag.training import predict
-
-ALPHAS = np.logspace(-2, 5, 15)
-
-
-def read_field_means(model, fields: int) -> None:
-    """Make ``model.readout_states`` return the readout followed by each domain segment's mean final
-    hidden state over its value tokens (tag vectors left out): ``(B, (1 + fields) * d)``."""
-
-    def readout_states(batch) -> torch.Tensor:
-        hidden, _ = model.hidden_states(batch)
-        hidden = hidden.float()
-        rows = torch.arange(len(batch.readout), device=hidden.device)
-        pooled = [hidden[rows, batch.readout]]
-        for segment in range(1, fields + 1):
-            own = ((batch.segments == segment) & (batch.tag_slots < 0) & batch.attention_mask).float()
-            pooled.append((hidden * own[..., None]).sum(dim=1) / own.sum(dim=1, keepdim=True).clamp(min=1))
-        return torch.cat(pooled, dim=1)
-
-    model.readout_states = readout_states
+from preset_states import mean_predictor_mse, preset_states, ridge_probe
 
 
 def main() -> None:
@@ -60,43 +35,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    task = TASKS[args.task]
-    frame = task.read(DATA_DIR)
-    split = subsample(task.split(frame, 0, args.seed), args.n_train, args.n_test, args.seed)
-    rows = np.concatenate([split.train, split.test])
-    chosen = crop_proteins(frame.iloc[rows], task.columns("protein"), args.max_residues or None)
-    X = chosen[list(task.inputs)].reset_index(drop=True)
-    y = np.asarray(task.label(chosen), dtype=float)
-    estimator = task.estimator(protein_alphabet="extended")
-    fields = estimator._fields(X)
-    estimator.fields_, estimator.template_ = fields, estimator.template
-    backbone = estimator._backbone()
-    template = Template.parse(estimator.template_)
-    model = estimator._new_model(backbone, template, features=None)
-    model.head = nn.Identity()
-    prompts = estimator._encoder(template, model).encode({column: list(X[column]) for column in fields})
-    n_segments = int(max(s.max() for s in prompts.segments))
-    read_field_means(model, n_segments)
+    states = preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None,
+                           pool_fields=True)
+    n_fields = states.model.pooled_fields  # the head's input: the readout, then each field's mean state
     started = time.perf_counter()
-    features = predict(model, prompts, batch_size=16, prefix_cache=False, verbose=1).numpy()
-    print(f"states of {len(X):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+    features = predict(states.model, states.prompts, batch_size=16, prefix_cache=False, verbose=1).numpy()
+    print(f"states of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
 
-    n_train, d = len(split.train), backbone.hidden_size
-    train, test = slice(0, n_train), slice(n_train, None)
-    mean_mse = np.mean((y[test] - y[train].mean()) ** 2)
-    print(f"{args.task}, {n_train:,} train / {len(split.test):,} test, seed {args.seed}, "
-          f"{n_segments} domain field(s); mean predictor MSE {mean_mse:.5g}")
+    y, n_train, d = states.y, states.n_train, states.model.backbone.hidden_size
+    mean_mse = mean_predictor_mse(y, n_train)
+    print(f"{args.task}, {n_train:,} train / {len(y) - n_train:,} test, seed {args.seed}, "
+          f"{n_fields} domain field(s); mean predictor MSE {mean_mse:.5g}")
     blocks = {"readout": features[:, :d]}
-    for k in range(1, n_segments + 1):
+    for k in range(1, n_fields + 1):
         blocks[f"field {k} mean"] = features[:, k * d:(k + 1) * d]
     means = [name for name in blocks if name != "readout"]
     choices = [["readout"], means, ["readout", *means]] + ([[m] for m in means] if len(means) > 1 else [])
     print("| features | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
     for names in choices:
-        chosen = np.concatenate([blocks[n] for n in names], axis=1)
-        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(chosen[train], y[train])
-        mse = np.mean((probe.predict(chosen[test]) - y[test]) ** 2)
-        print(f"| {' + '.join(names)} | {mse:.5g} | {mse / mean_mse:.3f} | {probe[-1].alpha_:.3g} |", flush=True)
+        mse, penalty = ridge_probe(np.concatenate([blocks[n] for n in names], axis=1), y, n_train)
+        print(f"| {' + '.join(names)} | {mse:.5g} | {mse / mean_mse:.3f} | {penalty:.3g} |", flush=True)
 
 
 if __name__ == "__main__":
