@@ -98,10 +98,11 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
 
     ``rows`` replaces the budget's rows of ``task``; ``device`` is where chemtag's estimators run (the
     other methods run on the CPU). Writes ``{stem}.csv`` (one row per method and
-    metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``,
-    and ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir``, with the stem of
-    :func:`results_stem`, after each method (an interrupted run keeps the methods that ended). Returns this
-    run's result rows.
+    metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``
+    after each method (an interrupted run keeps the methods that ended), with the stem of
+    :func:`results_stem`, and draws ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir`` once
+    the run ends or is interrupted (``python -m benchmarks report`` draws them from the files at any time).
+    Returns this run's result rows.
     """
     rows = rows or task.rows(budget.name)
     backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
@@ -115,53 +116,67 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
              "source": scoring.source}
     log(f"{task.name} ({budget.name}, {scoring.source}): {stamp['n_train']} train / {stamp['n_test']} test rows")
     stem, results = results_stem(task, budget, rows), []
-    for method in resolve_methods(task, methods):
-        if method.missing():
-            log(f"  {method.name}: skipped, needs {', '.join(method.missing())}")
-            continue
-        model = method.build(context)
-        load, cpu_started, started = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
-        model.fit(data.X_train, data.y_train)
-        fitted = time.perf_counter()
-        y_pred = np.asarray(model.predict(data.X_test), dtype=float)
-        timing = {"fit_seconds": fitted - started, "predict_seconds": time.perf_counter() - fitted,
-                  "cpu_seconds": cpu_seconds() - cpu_started, "load_average": load}
-        scores = evaluate(task, scoring, data.y_test, y_pred)
-        estimator = type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__
-        scored = pd.DataFrame([stamp | timing | {"method": method.name, "metric": k, "value": v, "estimator": estimator}
-                               for k, v in scores.items()], columns=report.RESULT_COLUMNS)
-        history = pd.DataFrame(getattr(model, "history_", []), columns=["epoch", "train_loss", "valid_loss"])
-        # each method's outputs as it ends: a run interrupted later keeps them
-        write_outputs(stem, scored, pd.DataFrame({"method": method.name, "y_true": data.y_test, "y_pred": y_pred}),
-                      history.assign(method=method.name), results_dir, img_dir)
-        results.append(scored)
-        log(f"  {method.name}: fit {timing['fit_seconds']:.1f}s, predict {timing['predict_seconds']:.1f}s, "
-            f"CPU {timing['cpu_seconds']:.0f}s, "
-            + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-        del model
-        gc.collect()
+    try:
+        for method in resolve_methods(task, methods):
+            if method.missing():
+                log(f"  {method.name}: skipped, needs {', '.join(method.missing())}")
+                continue
+            model = method.build(context)
+            load, cpu_started, started = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
+            model.fit(data.X_train, data.y_train)
+            fitted = time.perf_counter()
+            y_pred = np.asarray(model.predict(data.X_test), dtype=float)
+            timing = {"fit_seconds": fitted - started, "predict_seconds": time.perf_counter() - fitted,
+                      "cpu_seconds": cpu_seconds() - cpu_started, "load_average": load}
+            scores = evaluate(task, scoring, data.y_test, y_pred)
+            estimator = type(model.steps[-1][1] if hasattr(model, "steps") else model).__name__
+            scored = pd.DataFrame([stamp | timing | {"method": method.name, "metric": k, "value": v,
+                                                     "estimator": estimator} for k, v in scores.items()],
+                                  columns=report.RESULT_COLUMNS)
+            history = pd.DataFrame(getattr(model, "history_", []), columns=["epoch", "train_loss", "valid_loss"])
+            # each method's outputs as it ends: a run interrupted later keeps them
+            write_outputs(stem, scored, pd.DataFrame({"method": method.name, "y_true": data.y_test, "y_pred": y_pred}),
+                          history.assign(method=method.name), results_dir)
+            results.append(scored)
+            log(f"  {method.name}: fit {timing['fit_seconds']:.1f}s, predict {timing['predict_seconds']:.1f}s, "
+                f"CPU {timing['cpu_seconds']:.0f}s, "
+                + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+            del model
+            gc.collect()
+    finally:
+        if results:
+            draw_plots(stem, results_dir, img_dir)
     return pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=report.RESULT_COLUMNS)
 
 
 def write_outputs(stem: str, results: pd.DataFrame, predictions: pd.DataFrame, history: pd.DataFrame,
-                  results_dir: Path, img_dir: Path) -> None:
-    """Merge one method's scores, test predictions and per-epoch losses into the files of ``stem`` and redraw
-    its table and plots."""
+                  results_dir: Path) -> None:
+    """Merge one method's scores, test predictions and per-epoch losses into the files of ``stem`` and rewrite
+    its markdown table."""
     report.merge_into(results_dir / f"{stem}.csv", results, ["method", "metric"])
     report.merge_into(results_dir / f"{stem}-predictions.csv", predictions, ["method"])
     report.merge_into(results_dir / f"{stem}-history.csv", history, ["method"])
-    redraw(stem, results_dir, img_dir)
+    write_table(stem, results_dir)
+
+
+def write_table(stem: str, results_dir: Path = RESULTS_DIR) -> None:
+    """The markdown table of ``stem`` from its results CSV."""
+    (results_dir / f"{stem}.md").write_text(report.markdown_table(pd.read_csv(results_dir / f"{stem}.csv")))
+
+
+def draw_plots(stem: str, results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR) -> None:
+    """The scatter plot and the learning curves of ``stem`` from its prediction and history CSVs."""
+    predictions = pd.read_csv(results_dir / f"{stem}-predictions.csv")
+    history = pd.read_csv(results_dir / f"{stem}-history.csv")
+    title = f"{stem}: {len(predictions) // predictions['method'].nunique()} test rows"
+    report.scatter_plot(predictions, img_dir / f"{stem}-scatter.png", title)
+    report.learning_curves(history.dropna(subset=["train_loss"]), img_dir / f"{stem}-curves.png", title)
 
 
 def redraw(stem: str, results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR) -> None:
     """The markdown table and the plots of ``stem`` from its CSV files."""
-    results = pd.read_csv(results_dir / f"{stem}.csv")
-    predictions = pd.read_csv(results_dir / f"{stem}-predictions.csv")
-    history = pd.read_csv(results_dir / f"{stem}-history.csv")
-    (results_dir / f"{stem}.md").write_text(report.markdown_table(results))
-    title = f"{stem}: {len(predictions) // predictions['method'].nunique()} test rows"
-    report.scatter_plot(predictions, img_dir / f"{stem}-scatter.png", title)
-    report.learning_curves(history.dropna(subset=["train_loss"]), img_dir / f"{stem}-curves.png", title)
+    write_table(stem, results_dir)
+    draw_plots(stem, results_dir, img_dir)
 
 
 def run_many(tasks: Sequence[Task], budget: str | Budget = "quick", n_train: int | None = None,

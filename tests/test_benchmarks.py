@@ -334,6 +334,7 @@ def test_an_interrupted_run_keeps_the_methods_that_ended(tmp_path):
     stem = results_stem(numbered_task(), TINY_BUDGET, Rows(None, None))
     assert set(pd.read_csv(tmp_path / f"{stem}.csv")["method"]) == {"mean"}
     assert "| mean |" in (tmp_path / f"{stem}.md").read_text()
+    assert (tmp_path / f"{stem}-scatter.png").stat().st_size > 0  # plots are drawn once, as the run stops
 
 
 def test_runner_gives_synergy_methods_no_test_drug_pair(shared_data, tmp_path):
