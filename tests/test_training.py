@@ -134,6 +134,12 @@ def _fit_counting_and_probe(backbone, **settings) -> tuple[TaggedModel, list[dic
         return model, history, model.head(readouts), probe(readouts), targets
 
 
+# The probe's chosen penalty (1e-6) all but interpolates the 48 rows of 64 features: an ill-conditioned fit
+# that L-BFGS ends at slightly different points from different starts (targets of about +-2 agree to a few
+# thousandths), while joint training moves the head's outputs by tenths.
+SAME_FIT = {"atol": 1e-2, "rtol": 0}
+
+
 def test_refitting_the_head_leaves_it_fitted_to_the_trained_tags_readouts(tiny_llama):
     untrained_tag = _model(tiny_llama).tag_vectors["Count"]
     model, history, head_outputs, probe_outputs, targets = _fit_counting_and_probe(
@@ -142,14 +148,14 @@ def test_refitting_the_head_leaves_it_fitted_to_the_trained_tags_readouts(tiny_l
     assert [record["epoch"] for record in history] == [0, 1, 2], "refitting starts from the probe"
     assert history[0]["best"], "every epoch's training loss is a fitted head's: the probe's is comparable"
     assert not torch.equal(model.tag_vectors["Count"], untrained_tag), "the tag trained"
-    torch.testing.assert_close(head_outputs, probe_outputs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(head_outputs, probe_outputs, **SAME_FIT)
     best = min(record["train_loss"] for record in history)
     assert mse(head_outputs, targets).item() == pytest.approx(best, rel=1e-4)
 
 
 def test_joint_training_moves_the_head_away_from_the_probe(tiny_llama):
     _, _, head_outputs, probe_outputs, _ = _fit_counting_and_probe(tiny_llama, patience=5)
-    assert not torch.allclose(head_outputs, probe_outputs, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(head_outputs, probe_outputs, **SAME_FIT)
 
 
 def test_head_training_is_checked(tiny_llama):
