@@ -19,13 +19,11 @@ the next run with the same arguments.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.kernel_approximation import Nystroem
 from sklearn.kernel_ridge import KernelRidge
@@ -36,8 +34,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from chemtag.training import predict
-from preset_states import mean_predictor_mse, preset_states, ridge_probe
+from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
 
 WIDTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 """Kernel widths ``gamma`` in units of ``1 / features``."""
@@ -107,11 +104,8 @@ def head_states(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int]:
     if args.states and args.states.exists():
         saved = np.load(args.states)
         return saved["features"], saved["y"], int(saved["n_train"])
-    states = preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None,
-                           pool_fields=True)
-    started = time.perf_counter()
-    features = predict(states.model, states.prompts, batch_size=16, prefix_cache=False, verbose=1).numpy()
-    print(f"states of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+    states = study_states(args, pool_fields=True)
+    features = head_inputs(states, batch_size=16, prefix_cache=False)
     if args.states:
         np.savez(args.states, features=features, y=states.y, n_train=states.n_train)
     return features, states.y, states.n_train
@@ -121,16 +115,9 @@ def main() -> None:
     # The degree-2 polynomial kernel's matrix is singular at small penalties: scikit-learn then solves the
     # dual problem by least squares, and says so for every fit of the grid.
     warnings.filterwarnings("ignore", message="Singular matrix in solving dual problem")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="qed")
-    parser.add_argument("--n-train", type=int, default=2500)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-residues", type=int, default=64, help="protein crop; 0 keeps proteins whole")
+    parser = study_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--states", type=Path, help="an .npz file that keeps the computed states")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     features, y, n_train = head_states(args)
     mean_mse = mean_predictor_mse(y, n_train)

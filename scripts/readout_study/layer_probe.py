@@ -11,13 +11,9 @@ penalty by leave-one-out over ``ALPHAS``) and prints each layer's test MSE besid
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
 
-from chemtag.training import predict
-from preset_states import mean_predictor_mse, preset_states, ridge_probe
+from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
 
 
 def read_every_layer(model) -> None:
@@ -48,20 +44,10 @@ def read_every_layer(model) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="qed")
-    parser.add_argument("--n-train", type=int, default=2500)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    states = preset_states(args.task, args.n_train, args.n_test, args.seed, max_residues=None, pool_fields=False)
+    args = study_parser(__doc__.split("\n\n")[0], max_residues=0).parse_args()
+    states = study_states(args, pool_fields=False)
     read_every_layer(states.model)
-    started = time.perf_counter()
-    features = predict(states.model, states.prompts, batch_size=32, bf16=True, verbose=1).numpy()
-    print(f"readouts of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+    features = head_inputs(states, batch_size=32, bf16=True)
 
     y, n_train, d = states.y, states.n_train, states.model.backbone.hidden_size
     mean_mse = mean_predictor_mse(y, n_train)

@@ -14,33 +14,16 @@ predictor's.
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import numpy as np
-import torch
 
-from chemtag.training import predict
-from preset_states import mean_predictor_mse, preset_states, ridge_probe
+from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="qed")
-    parser.add_argument("--n-train", type=int, default=2500)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-residues", type=int, default=64, help="protein crop; 0 keeps proteins whole")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    states = preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None,
-                           pool_fields=True)
+    args = study_parser(__doc__.split("\n\n")[0]).parse_args()
+    states = study_states(args, pool_fields=True)
     n_fields = states.model.pooled_fields  # the head's input: the readout, then each field's mean state
-    started = time.perf_counter()
-    features = predict(states.model, states.prompts, batch_size=16, prefix_cache=False, verbose=1).numpy()
-    print(f"states of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+    features = head_inputs(states, batch_size=16, prefix_cache=False)
 
     y, n_train, d = states.y, states.n_train, states.model.backbone.hidden_size
     mean_mse = mean_predictor_mse(y, n_train)

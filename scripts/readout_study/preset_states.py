@@ -1,15 +1,18 @@
 """What the probe studies share: a benchmark task's seeded rows, its preset's untrained model, ridge probes.
 
-``layer_probe.py`` and ``pooling_probe.py`` import it (run from the project root with ``PYTHONPATH=.``;
-the script's own folder is on the path).
+``layer_probe.py``, ``pooling_probe.py`` and ``head_probe.py`` import it (run from the project root with
+``PYTHONPATH=.``; the script's own folder is on the path).
 """
 
 from __future__ import annotations
 
+import argparse
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -19,6 +22,7 @@ from benchmarks.runner import load_data
 from benchmarks.tasks import TASKS, Rows
 from chemtag.model import TaggedModel
 from chemtag.templates import EncodedPrompts, Template
+from chemtag.training import predict
 
 ALPHAS = np.logspace(-2, 5, 15)
 
@@ -34,6 +38,34 @@ class PresetStates:
     prompts: EncodedPrompts
     y: np.ndarray
     n_train: int
+
+
+def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentParser:
+    """The arguments every probe study takes: the task, its training and test rows, the seed, the protein
+    crop (``max_residues`` by default; 0 keeps proteins whole) and the torch threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", default="qed")
+    parser.add_argument("--n-train", type=int, default=2500)
+    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-residues", type=int, default=max_residues, help="protein crop; 0 keeps proteins whole")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def study_states(args: argparse.Namespace, pool_fields: bool) -> PresetStates:
+    """:func:`preset_states` for the arguments of :func:`study_parser`, on ``args.threads`` torch threads."""
+    torch.set_num_threads(args.threads)
+    return preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None, pool_fields)
+
+
+def head_inputs(states: PresetStates, **options) -> np.ndarray:
+    """What the model's head reads for every prompt, ``(n, width)``: :func:`~chemtag.training.predict` with
+    ``options``, timed."""
+    started = time.perf_counter()
+    features = predict(states.model, states.prompts, verbose=1, **options).numpy()
+    print(f"states of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
+    return features
 
 
 def preset_states(task_name: str, n_train: int, n_test: int, seed: int, max_residues: int | None,
