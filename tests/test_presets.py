@@ -1,6 +1,7 @@
 """Each task preset fits and predicts on a slice of the shared data with the tiny backbone."""
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,21 +71,55 @@ def test_drug_combo_average_is_symmetric_in_the_drug_pair():
     assert not np.allclose(as_given.predict(oneil), as_given.predict(swapped))
 
 
-def test_drug_combo_augment_trains_on_both_orders_of_each_pair_as_one_group(monkeypatch):
-    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=10)
+def _recorded_training_groups(monkeypatch, oneil, **params) -> tuple[int, list[int] | None]:
+    """The number of prompts a DrugComboRegressor fit trains on and the groups it gives ``train``, numbered
+    in order of first appearance."""
     seen, original_train = [], estimator_base.train
 
     def recording_train(model, prompts, *args, groups=None, **kwargs):
-        seen.append((len(prompts), None if groups is None else groups.tolist()))
+        seen.append((len(prompts), None if groups is None else pd.factorize(groups)[0].tolist()))
         return original_train(model, prompts, *args, groups=groups, **kwargs)
 
     monkeypatch.setattr(estimator_base, "train", recording_train)
-    DrugComboRegressor(pair_order="augment", **FAST).fit(oneil, oneil["Y"])
-    DrugComboRegressor(pair_order="average", **FAST).fit(oneil, oneil["Y"])
-    assert seen == [(20, list(range(10)) * 2), (10, None)]
+    DrugComboRegressor(**params, **FAST).fit(oneil, oneil["Y"])
+    return seen[0]
+
+
+def _oneil_rows_of_three_pairs() -> pd.DataFrame:
+    """Six O'Neil rows: two rows of each of three drug pairs, one of them in the other drug order."""
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=400)
+    rows = oneil.groupby(["Drug1", "Drug2"], sort=False).head(2).head(6).reset_index(drop=True)
+    rows.loc[5, ["Drug1", "Drug2"]] = rows.loc[5, ["Drug2", "Drug1"]].to_numpy()
+    return rows
+
+
+@pytest.mark.parametrize("pair_order", ["average", "augment", "as_given"])
+def test_drug_combo_keeps_each_unordered_pair_in_one_group_for_validation(monkeypatch, pair_order):
+    oneil = _oneil_rows_of_three_pairs()
+    n_prompts, groups = _recorded_training_groups(monkeypatch, oneil, pair_order=pair_order)
+    pairs = [0, 0, 1, 1, 2, 2]
+    assert (n_prompts, groups) == ((12, pairs * 2) if pair_order == "augment" else (6, pairs))
+
+
+def test_drug_combo_without_validation_by_pair_groups_only_the_two_orders_of_a_row(monkeypatch):
+    oneil = _oneil_rows_of_three_pairs()
+    assert _recorded_training_groups(monkeypatch, oneil, pair_order="augment", validation_by_pair=False) \
+        == (12, list(range(6)) * 2)
+    assert _recorded_training_groups(monkeypatch, oneil, validation_by_pair=False) == (6, None)
+
+
+def test_drug_combo_with_too_few_pairs_to_validate_on_trains_without_early_stopping():
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=12)  # one drug pair in twelve cell lines
+    message = ("validation_fraction=0.25 holds out no usable validation set from 12 rows in 1 groups kept "
+               "together; training on all rows for max_epochs=1 without early stopping.")
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        model = DrugComboRegressor(**FAST | {"validation_fraction": 0.25}).fit(oneil, oneil["Y"])
+    assert "valid_loss" not in model.history_[0]
 
 
 def test_drug_combo_refuses_an_unknown_pair_order():
     oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=4)
     with pytest.raises(ValueError, match="pair_order must be one of"):
         DrugComboRegressor(pair_order="sorted", **FAST).fit(oneil, oneil["Y"])
+    with pytest.raises(ValueError, match="validation_by_pair must be True or False, got 'yes'"):
+        DrugComboRegressor(validation_by_pair="yes", **FAST).fit(oneil, oneil["Y"])

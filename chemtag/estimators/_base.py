@@ -239,7 +239,7 @@ class TagLLMEstimator(BaseEstimator):
                 warnings.warn(f"Dropping {invalid.sum()} of {len(frame)} rows with invalid input before fitting.",
                               stacklevel=3)
                 values = {field: [v[i] for i in keep] for field, v in values.items()}
-            values, targets, groups = self._augment(values, targets)
+            values, targets, groups = self._training_rows(values, targets)
             if not warm:
                 self._record_input_shape(X, frame)
                 self.fields_ = dict(fields)
@@ -249,7 +249,7 @@ class TagLLMEstimator(BaseEstimator):
             model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template, features)
             prompts = self._encoder(template, model).encode(values)
             self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
-            config = self._training_config(len(targets))
+            config = self._training_config(len(targets), groups)
             self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
                                   history=self.history_ if warm else None, processes=processes, groups=groups)
             self._store_fitted(model, backbone)
@@ -303,30 +303,35 @@ class TagLLMEstimator(BaseEstimator):
             raise ValueError(f"max_length must be a positive integer or None (the backbone's limit), "
                              f"got {self.max_length!r}.")
 
-    def _training_config(self, n_rows: int) -> TrainingConfig:
-        """How to train on ``n_rows`` rows, from the estimator's parameters."""
+    def _training_config(self, n_rows: int, groups: np.ndarray | None = None) -> TrainingConfig:
+        """How to train on ``n_rows`` rows (in ``groups`` ``(n_rows,)`` where given), from the estimator's
+        parameters."""
         return TrainingConfig(
             max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            validation_fraction=self._validation_fraction(n_rows), patience=self.patience,
+            validation_fraction=self._validation_fraction(n_rows, groups), patience=self.patience,
             head_training=self.head_training, bf16=self.bf16,
             verbose=self.verbose, random_state=self.random_state, checkpoint_dir=self.checkpoint_dir,
             cache_memory_bytes=self.cache_memory_bytes,
         )
 
-    def _validation_fraction(self, n_rows: int) -> float:
-        """``validation_fraction``, or 0 with a warning when it would hold out no row or every row."""
-        if self.validation_fraction and not 1 <= round(n_rows * self.validation_fraction) < n_rows:
+    def _validation_fraction(self, n_rows: int, groups: np.ndarray | None = None) -> float:
+        """``validation_fraction``, or 0 with a warning when it would hold out no group of rows or every one
+        (a group is a row without ``groups``)."""
+        n_groups = n_rows if groups is None else len(np.unique(groups))
+        if self.validation_fraction and not 1 <= round(n_groups * self.validation_fraction) < n_groups:
+            source = f"{n_rows} rows" if groups is None else f"{n_rows} rows in {n_groups} groups kept together"
             warnings.warn(
-                f"validation_fraction={self.validation_fraction} holds out no usable validation set from {n_rows} "
-                f"rows; training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=5,
+                f"validation_fraction={self.validation_fraction} holds out no usable validation set from {source}; "
+                f"training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=5,
             )
             return 0.0
         return self.validation_fraction
 
-    def _augment(self, values: dict[str, list[str]], targets: np.ndarray
-                 ) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray | None]:
-        """Training rows derived from the validated ones, their targets and, where presets add copies of a
-        row (e.g. both drug orders), each row's group: the index of the row it was made from."""
+    def _training_rows(self, values: dict[str, list[str]], targets: np.ndarray
+                       ) -> tuple[dict[str, list[str]], np.ndarray, np.ndarray | None]:
+        """Training rows made from the validated ones, their targets and, where a preset defines them, each
+        row's group ``(n,)``: rows of one group stay on one side of the validation split and in one fold
+        of the head probe's cross-validation (e.g. both orders of a drug pair)."""
         return values, targets, None
 
     def _declared_fields(self) -> list[str] | None:

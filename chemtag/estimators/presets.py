@@ -57,9 +57,14 @@ class DrugComboRegressor(TagLLMRegressor):
     """Two drug SMILES and a cell line -> synergy. Columns ``Drug1``, ``Drug2``, ``Cell_Line_ID`` (TDC).
 
     The cell line is written as text. The drug pair is unordered: ``pair_order="average"`` predicts
-    the mean over both orders, ``"augment"`` also trains on both orders (kept together on one side of
-    the validation split and in one fold of the probe's cross-validation), ``"as_given"`` uses the
+    the mean over both orders, ``"augment"`` also trains on both orders, ``"as_given"`` uses the
     order of the columns.
+
+    ``validation_by_pair=True`` keeps all rows of one unordered drug pair (every cell line, both
+    orders) on one side of the early-stopping validation split and in one fold of the head probe's
+    cross-validation, so that model selection sees unseen pairs, as a test set split by pair does.
+    ``False`` splits rows (both orders of a row still stay together), for predicting known pairs in
+    other cell lines.
 
     ``cell_line_features``: optional DataFrame of numeric features per cell line, ``(n_cell_lines,
     n_features)``, indexed by the cell-line IDs of ``Cell_Line_ID`` (e.g. gene-expression z-scores:
@@ -76,22 +81,28 @@ class DrugComboRegressor(TagLLMRegressor):
         TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"},
         template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
                   "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
-        pair_order="average", cell_line_features=None,
+        pair_order="average", validation_by_pair=True, cell_line_features=None,
     )
     _PAIR_ORDERS = ("average", "augment", "as_given")
+    PARAMS_ADDED = TagLLMRegressor.PARAMS_ADDED | {"validation_by_pair": False}
     _field_features = ("Cell_Line_ID", "cell_line_features")
 
     def _check_params(self) -> None:
         super()._check_params()
         if self.pair_order not in self._PAIR_ORDERS:
             raise ValueError(f"pair_order must be one of {self._PAIR_ORDERS}, got {self.pair_order!r}.")
+        if not isinstance(self.validation_by_pair, (bool, np.bool_)):
+            raise ValueError(f"validation_by_pair must be True or False, got {self.validation_by_pair!r}.")
 
-    def _augment(self, values: dict[str, list[str]], targets: np.ndarray):
+    def _training_rows(self, values: dict[str, list[str]], targets: np.ndarray):
+        if self.validation_by_pair:
+            groups = unordered_pairs(values["Drug1"], values["Drug2"])
+        else:
+            groups = np.arange(len(targets)) if self.pair_order == "augment" else None
         if self.pair_order != "augment":
-            return values, targets, None
+            return values, targets, groups
         swapped = values | {"Drug1": values["Drug2"], "Drug2": values["Drug1"]}
-        pairs = np.arange(len(targets))
-        return {k: values[k] + swapped[k] for k in values}, np.concatenate([targets, targets]), np.tile(pairs, 2)
+        return {k: values[k] + swapped[k] for k in values}, np.concatenate([targets, targets]), np.tile(groups, 2)
 
     def predict(self, X) -> np.ndarray:
         """Predicted synergy ``(n,)``; with ``pair_order`` "average" or "augment" the mean of both drug orders."""
@@ -101,3 +112,9 @@ class DrugComboRegressor(TagLLMRegressor):
         first, second = ((self.columns or {}).get(f, f) for f in ("Drug1", "Drug2"))
         swapped = frame.rename(columns={first: second, second: first})
         return (super().predict(frame) + super().predict(swapped)) / 2
+
+
+def unordered_pairs(first: list[str], second: list[str]) -> np.ndarray:
+    """Each row's unordered pair ``{first[i], second[i]}`` as ``0 .. n_pairs - 1`` ``(n,)``."""
+    keys = ["\n".join(sorted(pair)) for pair in zip(first, second)]
+    return np.unique(keys, return_inverse=True)[1]
