@@ -156,6 +156,8 @@ METHODS: dict[str, Method] = {method.name: method for method in [
                       "function tag's and each domain field's mean state)", _chemtag()),
     Method("chemtag-readout-only", "chemtag with the head on the function tag's state only, as in Tag-LLM "
                                    "(pool_fields=False)", _chemtag(pool_fields=False)),
+    Method("chemtag-kernel", "chemtag with the kernel ridge head on the trained tags' states (head='kernel': "
+                             "keeps every training row's state)", _chemtag(head="kernel")),
     Method("chemtag-refit", "chemtag with the head fitted again in closed form after every epoch instead of "
                             "trained by AdamW (head_training='refit')", _chemtag(head_training="refit")),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "

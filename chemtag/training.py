@@ -364,8 +364,9 @@ def _describe(record: dict) -> str:
 @torch.no_grad()
 def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: bool = False,
             verbose: int = 0, prefix_cache: bool | None = None,
-            cache_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> torch.Tensor:
-    """Head outputs for every prompt, ``(n, k)`` float32 on the CPU, in the prompts' order.
+            cache_memory_bytes: int = DEFAULT_MEMORY_BYTES, readouts_only: bool = False) -> torch.Tensor:
+    """Head outputs for every prompt, ``(n, k)`` float32 on the CPU, in the prompts' order (with
+    ``readouts_only`` the head's inputs, ``(n, (1 + pooled_fields) * d)``).
 
     ``prefix_cache`` runs the function tags against a :class:`~chemtag.prefix_cache.PrefixCache`
     (same outputs in float32); ``None`` uses one when prompts share enough of their prefixes that the
@@ -382,7 +383,8 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
         cache = _computed(cache, batch_size, bf16, cache_memory_bytes, verbose)
     rows = np.arange(len(prompts))
     try:
-        return _outputs(model, _batcher(model, prompts, cache), rows, prompts.lengths, batch_size, bf16, verbose)
+        return _outputs(model, _batcher(model, prompts, cache), rows, prompts.lengths, batch_size, bf16, verbose,
+                        readouts_only)
     finally:
         if cache is not None:
             cache.close()

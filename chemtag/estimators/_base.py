@@ -23,10 +23,11 @@ from chemtag.estimators._inputs import (
 )
 from chemtag.feature_tags import FeatureTag
 from chemtag.heads import LinearHead
+from chemtag.kernel_head import KERNEL_STATE_PREFIX, KernelHead
 from chemtag.model import TaggedModel
 from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
-from chemtag.templates import Template, TemplateEncoder, with_domain_tag, with_feature_slot
+from chemtag.templates import EncodedPrompts, Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
 from chemtag.training import TrainingConfig, check_head_training, predict, train
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
@@ -247,11 +248,14 @@ class TagLLMEstimator(BaseEstimator):
             self._check_template(template)
             backbone = self._backbone()
             model = self._model_from_fitted(backbone) if warm else self._new_model(backbone, template, features)
+            if isinstance(model.head, KernelHead):  # a warm start trains on from its linear head
+                model.head = model.head.base
             prompts = self._encoder(template, model).encode(values)
             self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
             config = self._training_config(len(targets), groups)
             self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
                                   history=self.history_ if warm else None, processes=processes, groups=groups)
+            self._fit_head_on_trained_tags(model, prompts, targets, groups)
             self._store_fitted(model, backbone)
             return self
 
@@ -333,6 +337,11 @@ class TagLLMEstimator(BaseEstimator):
         row's group ``(n,)``: rows of one group stay on one side of the validation split and in one fold
         of the head probe's cross-validation (e.g. both orders of a drug pair)."""
         return values, targets, None
+
+    def _fit_head_on_trained_tags(self, model: TaggedModel, prompts: EncodedPrompts, targets: np.ndarray,
+                                  groups: np.ndarray | None) -> None:
+        """Replace the trained model's head by one fitted to the trained tags' readouts of the training
+        ``prompts`` (``targets`` and ``groups`` as given to ``train``), where the estimator asks for one."""
 
     def _declared_fields(self) -> list[str] | None:
         """Field names in order when the user declared them (used to name array columns): the template's
@@ -472,7 +481,10 @@ class TagLLMEstimator(BaseEstimator):
             if head_state["linear.weight"].shape != head.linear.weight.shape:
                 raise ValueError(f"This model's head was fitted with pool_fields={not self.pool_fields}; set it back "
                                  f"or fit again (warm_start=False).")
-            head.load_state_dict(head_state)
+            kernel = {k: v for k, v in head_state.items() if k.startswith(KERNEL_STATE_PREFIX)}
+            head.load_state_dict({k: v for k, v in head_state.items() if k not in kernel})
+            if kernel:
+                head = KernelHead.from_state(head, kernel)
         return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments, feature_tag,
                            pooled_fields=pooled)
 
@@ -489,7 +501,9 @@ class TagLLMEstimator(BaseEstimator):
 
     def _store_fitted(self, model: TaggedModel, backbone: Backbone) -> None:
         self.tags_ = model.export_tags()
-        self.head_ = {k: v.detach().cpu().clone() for k, v in model.head.state_dict().items()}
+        head = model.head
+        state = head.base.state_dict() | head.kernel_state() if isinstance(head, KernelHead) else head.state_dict()
+        self.head_ = {k: v.detach().cpu().clone() for k, v in state.items()}
         self._store_feature_tag(model.feature_tag)
         self.backbone_fingerprint_ = backbone.fingerprint
         self._model = model

@@ -1,0 +1,119 @@
+"""A kernel ridge head: reads more from the frozen states than the linear head, at the price of keeping
+every training row's state (see docs/training.md, "Would a nonlinear head read more?").
+
+The kernel is Laplacian on the linear head's standardised features: ``k(a, b) = exp(-width * mean |a - b|)``,
+the mean over the features. Its width and ridge penalty are chosen by cross-validation over the training
+rows; the fit is exact, so it costs ``n²`` memory and ``n³`` time in the number of training rows ``n``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from chemtag.heads import PROBE_FOLDS, LinearHead, group_index
+
+KERNEL_WIDTHS = (0.3, 1.0, 3.0, 10.0)
+"""Kernel widths among which cross-validation chooses, in units of ``1 / mean |a - b|`` (standardised features)."""
+KERNEL_PENALTIES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""Ridge penalties among which cross-validation chooses (the kernel's diagonal is 1)."""
+KERNEL_STATE_PREFIX = "kernel."
+"""Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
+_CHUNK_ROWS = 1024
+"""Rows of ``a`` per block of the kernel matrix (bounds the memory of the distance computation)."""
+
+
+def laplacian_kernel(a: torch.Tensor, b: torch.Tensor, width: float) -> torch.Tensor:
+    """``exp(-width * mean |a_i - b_j|)`` ``(n_a, n_b)`` for features ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``."""
+    blocks = [torch.cdist(chunk, b, p=1) for chunk in a.split(_CHUNK_ROWS)]
+    return torch.exp(-width / a.shape[1] * torch.cat(blocks))
+
+
+class KernelHead(nn.Module):
+    """Kernel ridge over the training rows' standardised features, on top of a fitted :class:`LinearHead`.
+
+    ``base`` supplies the standardisation of the readouts (fitted on the training readouts) and is kept
+    so that a warm start can train on from it. ``train_features`` ``(n, f)`` are the training rows'
+    standardised features, ``coef`` ``(n, k)`` the ridge solution and ``offset`` ``(k,)`` the training
+    targets' mean: the outputs of readouts ``(B, f)`` are ``kernel(features, train_features) @ coef + offset``.
+    """
+
+    def __init__(self, base: LinearHead, train_features: torch.Tensor, coef: torch.Tensor, offset: torch.Tensor,
+                 width: float, penalty: float):
+        super().__init__()
+        self.base = base
+        self.register_buffer("train_features", train_features)
+        self.register_buffer("coef", coef)
+        self.register_buffer("offset", offset)
+        self.register_buffer("width", torch.tensor(float(width), dtype=torch.float64))
+        self.register_buffer("penalty", torch.tensor(float(penalty), dtype=torch.float64))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        features = standardised(self.base, hidden).to(self.train_features.dtype)
+        return laplacian_kernel(features, self.train_features, self.width.item()) @ self.coef + self.offset
+
+    @classmethod
+    def fit(cls, base: LinearHead, readouts: torch.Tensor, targets: torch.Tensor,
+            groups: np.ndarray | None = None) -> tuple["KernelHead", float]:
+        """Fit to the training rows' ``readouts`` ``(n, f)`` and regression ``targets`` ``(n,)`` or ``(n, k)``
+        by squared error; the width and penalty of least cross-validated squared error over
+        :data:`KERNEL_WIDTHS` and :data:`KERNEL_PENALTIES` (:data:`~chemtag.heads.PROBE_FOLDS` folds,
+        ``groups`` ``(n,)`` keeping copies of one input in one fold). Returns the head and that error
+        (mean over rows and outputs, in the targets' units squared)."""
+        with torch.no_grad():
+            features = standardised(base, readouts).double()
+        y = targets.reshape(len(targets), -1).to(features)
+        fold = torch.from_numpy(group_index(groups, len(y)) % PROBE_FOLDS).to(features.device)
+        if int(fold.max()) + 1 < PROBE_FOLDS:
+            raise ValueError(f"The kernel head needs rows in at least {PROBE_FOLDS} groups to choose its width "
+                             f"and penalty by cross-validation; got {int(fold.max()) + 1}.")
+        error, width, penalty = min(_cross_validated_errors(features, y, fold))
+        coef = _ridge(laplacian_kernel(features, features, width), y - y.mean(dim=0), penalty)
+        head = cls(base, features.float(), coef.float(), y.mean(dim=0).float(), width, penalty)
+        return head, error
+
+    def kernel_state(self) -> dict[str, torch.Tensor]:
+        """The kernel's tensors, named with :data:`KERNEL_STATE_PREFIX` (the base head's are its own)."""
+        names = ("train_features", "coef", "offset", "width", "penalty")
+        return {KERNEL_STATE_PREFIX + name: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_state(cls, base: LinearHead, state: dict[str, torch.Tensor]) -> "KernelHead":
+        """The head of :meth:`kernel_state` ``state`` on ``base``."""
+        kernel = {name.removeprefix(KERNEL_STATE_PREFIX): value for name, value in state.items()}
+        return cls(base, kernel["train_features"], kernel["coef"], kernel["offset"], kernel["width"].item(),
+                   kernel["penalty"].item())
+
+
+def standardised(base: LinearHead, hidden: torch.Tensor) -> torch.Tensor:
+    """``base``'s standardised features ``(B, f)`` of readouts ``hidden``, without its ``1/sqrt(f)`` scale."""
+    return base.features(hidden.float()) / base.scale
+
+
+def _ridge(kernel: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``(kernel + penalty * I)^-1 y`` for a kernel ``(n, n)`` and targets ``(n, k)``."""
+    regularised = kernel + penalty * torch.eye(len(kernel), dtype=kernel.dtype, device=kernel.device)
+    return torch.cholesky_solve(y, torch.linalg.cholesky(regularised))
+
+
+def _cross_validated_errors(features: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
+    """``(error, width, penalty)`` for every pair of the grids: the mean squared error over the held-out
+    rows of each fold. One eigendecomposition per width and fold solves every penalty."""
+    errors = torch.zeros(len(KERNEL_WIDTHS), len(KERNEL_PENALTIES), dtype=features.dtype, device=features.device)
+    penalties = torch.tensor(KERNEL_PENALTIES, dtype=features.dtype, device=features.device)
+    for w, width in enumerate(KERNEL_WIDTHS):
+        kernel = laplacian_kernel(features, features, width)
+        for k in range(PROBE_FOLDS):
+            fitted, held = fold != k, fold == k
+            eigenvalues, eigenvectors = torch.linalg.eigh(kernel[fitted][:, fitted])
+            offset = y[fitted].mean(dim=0)
+            projected = eigenvectors.T @ (y[fitted] - offset)  # (n_fitted, k)
+            across = kernel[held][:, fitted] @ eigenvectors  # (n_held, n_fitted)
+            for p, penalty in enumerate(penalties):
+                predicted = across @ (projected / (eigenvalues.clamp(min=0) + penalty)[:, None]) + offset
+                errors[w, p] += (predicted - y[held]).square().sum()
+    errors /= y.numel()
+    for w, width in enumerate(KERNEL_WIDTHS):
+        for p, penalty in enumerate(KERNEL_PENALTIES):
+            yield errors[w, p].item(), width, penalty
