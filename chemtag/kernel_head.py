@@ -20,6 +20,9 @@ KERNEL_PENALTIES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Ridge penalties among which cross-validation chooses (the kernel's diagonal is 1)."""
 KERNEL_STATE_PREFIX = "kernel."
 """Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
+KERNEL_BYTES_PER_ENTRY = 24
+"""Memory an exact fit holds per entry of the ``n x n`` kernel: float64 kernel, a fold's sub-kernel and its
+eigenvectors."""
 _CHUNK_ROWS = 1024
 """Rows of ``a`` per block of the kernel matrix (bounds the memory of the distance computation)."""
 
@@ -84,6 +87,29 @@ class KernelHead(nn.Module):
         kernel = {name.removeprefix(KERNEL_STATE_PREFIX): value for name, value in state.items()}
         return cls(base, kernel["train_features"], kernel["coef"], kernel["offset"], kernel["width"].item(),
                    kernel["penalty"].item())
+
+
+def check_kernel_memory(n_rows: int, device: torch.device) -> None:
+    """Refuse, before any compute, a fit over ``n_rows`` training rows whose kernels would not fit the free
+    memory of ``device`` (not checked where that is unknown)."""
+    needed, free = KERNEL_BYTES_PER_ENTRY * n_rows**2, free_memory_bytes(device)
+    if free is not None and needed > free:
+        raise ValueError(f"head='kernel' fits exactly over all {n_rows:,} training rows and needs about "
+                         f"{needed / 2**30:.1f} GiB for it (n² float64 kernels), more than the {free / 2**30:.1f} "
+                         f"GiB free on {device}. Use head='linear', or fewer training rows.")
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device, or the memory Linux reports available; None where neither is known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+    except OSError:
+        return None
+    available = fields.get("MemAvailable", "").split()
+    return int(available[0]) * 1024 if available else None
 
 
 def standardised(base: LinearHead, hidden: torch.Tensor) -> torch.Tensor:

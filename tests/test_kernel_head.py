@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from chemtag import QEDRegressor
+import chemtag.estimators._base as estimator_base
+from chemtag import QEDRegressor, kernel_head
 from chemtag.heads import LinearHead
 from chemtag.kernel_head import (KERNEL_PENALTIES, KERNEL_WIDTHS, KernelHead, _cross_validated_errors, _ridge,
                                  laplacian_kernel, standardised)
@@ -122,3 +123,13 @@ def test_a_warm_start_trains_on_from_the_linear_head_and_fits_the_kernel_again()
 def test_an_unknown_head_is_refused():
     with pytest.raises(ValueError, match=re.escape("head must be one of ('linear', 'kernel'), got 'forest'.")):
         QEDRegressor(head="forest", **FAST).fit(SMILES, TARGETS)
+
+
+def test_a_kernel_head_too_large_for_the_free_memory_is_refused_before_training(monkeypatch):
+    monkeypatch.setattr(kernel_head, "free_memory_bytes", lambda device: 2**30)
+    monkeypatch.setattr(kernel_head, "KERNEL_BYTES_PER_ENTRY", 2**30 // 16)  # 12 rows: 144 entries, 9 GiB
+    monkeypatch.setattr(estimator_base, "train", lambda *args, **kwargs: pytest.fail("trained before the check"))
+    message = ("head='kernel' fits exactly over all 12 training rows and needs about 9.0 GiB for it (n² float64 "
+               "kernels), more than the 1.0 GiB free on cpu. Use head='linear', or fewer training rows.")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        QEDRegressor(head="kernel", **FAST).fit(SMILES, TARGETS)

@@ -253,6 +253,7 @@ class TagLLMEstimator(BaseEstimator):
             prompts = self._encoder(template, model).encode(values)
             self._check_lengths(prompts.lengths[: len(keep)], backbone, keep)
             config = self._training_config(len(targets), groups)
+            self._check_head_fits(len(targets), backbone)
             self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
                                   history=self.history_ if warm else None, processes=processes, groups=groups)
             self._fit_head_on_trained_tags(model, prompts, targets, groups)
@@ -337,6 +338,10 @@ class TagLLMEstimator(BaseEstimator):
         row's group ``(n,)``: rows of one group stay on one side of the validation split and in one fold
         of the head probe's cross-validation (e.g. both orders of a drug pair)."""
         return values, targets, None
+
+    def _check_head_fits(self, n_rows: int, backbone: Backbone) -> None:
+        """Refuse, before training, a head that cannot be fitted to ``n_rows`` training rows on ``backbone``'s
+        device (see :meth:`_fit_head_on_trained_tags`)."""
 
     def _fit_head_on_trained_tags(self, model: TaggedModel, prompts: EncodedPrompts, targets: np.ndarray,
                                   groups: np.ndarray | None) -> None:

@@ -9,9 +9,10 @@ import torch
 from sklearn.base import ClassifierMixin, RegressorMixin
 from tqdm.auto import tqdm
 
+from chemtag.backbones import Backbone
 from chemtag.estimators._base import TagLLMEstimator
 from chemtag.estimators._signatures import derived_init
-from chemtag.kernel_head import KernelHead
+from chemtag.kernel_head import KernelHead, check_kernel_memory
 from chemtag.losses import REGRESSION_LOSSES, cross_entropy
 from chemtag.model import TaggedModel
 from chemtag.templates import EncodedPrompts
@@ -150,6 +151,10 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
             raise ValueError(f"loss must be one of {tuple(REGRESSION_LOSSES)}, got {self.loss!r}.")
         if not isinstance(self.head, str) or self.head not in self._HEADS:
             raise ValueError(f"head must be one of {self._HEADS}, got {self.head!r}.")
+
+    def _check_head_fits(self, n_rows: int, backbone: Backbone) -> None:
+        if self.head == "kernel":
+            check_kernel_memory(n_rows, backbone.device)
 
     def _fit_head_on_trained_tags(self, model: TaggedModel, prompts: EncodedPrompts, targets: np.ndarray,
                                   groups: np.ndarray | None) -> None:
