@@ -18,6 +18,8 @@ KERNEL_WIDTHS = (0.3, 1.0, 3.0, 10.0)
 """Kernel widths among which cross-validation chooses, in units of ``1 / mean |a - b|`` (standardised features)."""
 KERNEL_PENALTIES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Ridge penalties among which cross-validation chooses (the kernel's diagonal is 1)."""
+DEFAULT_WIDTH, DEFAULT_PENALTY = 1.0, 1e-2
+"""Width and penalty where there are too few rows to cross-validate (as the linear probe's default penalty)."""
 KERNEL_STATE_PREFIX = "kernel."
 """Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
 KERNEL_BYTES_PER_ENTRY = 24
@@ -62,16 +64,19 @@ class KernelHead(nn.Module):
         """Fit to the training rows' ``readouts`` ``(n, f)`` and regression ``targets`` ``(n,)`` or ``(n, k)``
         by squared error; the width and penalty of least cross-validated squared error over
         :data:`KERNEL_WIDTHS` and :data:`KERNEL_PENALTIES` (:data:`~chemtag.heads.PROBE_FOLDS` folds,
-        ``groups`` ``(n,)`` keeping copies of one input in one fold). Returns the head and that error
-        (mean over rows and outputs, in the targets' units squared)."""
+        ``groups`` ``(n,)`` keeping copies of one input in one fold), or :data:`DEFAULT_WIDTH` and
+        :data:`DEFAULT_PENALTY` with fewer than two rows a fold or fewer groups than folds. Returns the head
+        and that error (mean over rows and outputs, in the targets' units squared; NaN without
+        cross-validation)."""
         with torch.no_grad():
             features = standardised(base, readouts).double()
         y = targets.reshape(len(targets), -1).to(features)
-        fold = torch.from_numpy(group_index(groups, len(y)) % PROBE_FOLDS).to(features.device)
-        if int(fold.max()) + 1 < PROBE_FOLDS:
-            raise ValueError(f"The kernel head needs rows in at least {PROBE_FOLDS} groups to choose its width "
-                             f"and penalty by cross-validation; got {int(fold.max()) + 1}.")
-        error, width, penalty = min(_cross_validated_errors(features, y, fold))
+        group_of_row = group_index(groups, len(y))
+        if len(y) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS:
+            fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
+            error, width, penalty = min(_cross_validated_errors(features, y, fold))
+        else:
+            error, width, penalty = float("nan"), DEFAULT_WIDTH, DEFAULT_PENALTY
         coef = _ridge(laplacian_kernel(features, features, width), y - y.mean(dim=0), penalty)
         head = cls(base, features.float(), coef.float(), y.mean(dim=0).float(), width, penalty)
         return head, error

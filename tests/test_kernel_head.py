@@ -10,8 +10,8 @@ import torch
 import chemtag.estimators._base as estimator_base
 from chemtag import QEDRegressor, kernel_head
 from chemtag.heads import LinearHead
-from chemtag.kernel_head import (KERNEL_PENALTIES, KERNEL_WIDTHS, KernelHead, _cross_validated_errors, _ridge,
-                                 laplacian_kernel, standardised)
+from chemtag.kernel_head import (DEFAULT_PENALTY, DEFAULT_WIDTH, KERNEL_PENALTIES, KERNEL_WIDTHS, KernelHead,
+                                 _cross_validated_errors, _ridge, laplacian_kernel, standardised)
 from chemtag.losses import squared_error
 
 FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
@@ -73,11 +73,10 @@ def test_groups_keep_copies_of_a_row_out_of_each_others_folds():
     assert error_by_group > 0.9 * targets.var().item()
 
 
-def test_the_kernel_head_needs_rows_in_every_fold():
-    readouts, targets = torch.randn(8, 3), torch.randn(8)
-    message = "The kernel head needs rows in at least 5 groups to choose its width and penalty by cross-validation; got 2."
-    with pytest.raises(ValueError, match=re.escape(message)):
-        KernelHead.fit(_fitted_base(readouts, targets), readouts, targets, groups=np.arange(8) % 2)
+def test_with_too_few_groups_to_cross_validate_the_kernel_head_takes_the_default_width_and_penalty():
+    readouts, targets = torch.randn(12, 3), torch.randn(12)
+    head, error = KernelHead.fit(_fitted_base(readouts, targets), readouts, targets, groups=np.arange(12) % 4)
+    assert (head.width.item(), head.penalty.item()) == (DEFAULT_WIDTH, DEFAULT_PENALTY) and np.isnan(error)
 
 
 def test_the_kernel_head_reads_the_base_heads_standardised_features():

@@ -167,9 +167,10 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         model.head, error = KernelHead.fit(model.head, readouts.to(device), torch.as_tensor(targets, device=device),
                                            groups)
         if self.verbose > 0:
+            chosen = ("too few rows to cross-validate" if np.isnan(error)
+                      else f"cross-validated MSE {error:.4f} of the standardised targets")
             tqdm.write(f"kernel head on {len(readouts)} rows: width {model.head.width.item():g}, penalty "
-                       f"{model.head.penalty.item():g}, cross-validated MSE {error:.4f} (standardised targets) "
-                       f"in {time.perf_counter() - started:.1f}s")
+                       f"{model.head.penalty.item():g} ({chosen}) in {time.perf_counter() - started:.1f}s")
 
     @property
     def _loss(self):
