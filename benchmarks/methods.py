@@ -165,8 +165,9 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemtag-no-domain-tags", "chemtag with no domain tags: inputs written as plain text in the same "
                                      "template (stage-3 ablation; no domain field to pool, so compare it with "
                                      "chemtag-readout-only)", _chemtag_without_domain_tags),
-    Method("chemtag-augment", "chemtag trained on both drug orders (pair_order='augment'; default 'average' "
-                              "averages both orders at prediction only)", _chemtag(pair_order="augment"),
+    Method("chemtag-average", "chemtag trained on the given drug order, averaging both orders at prediction "
+                              "only (pair_order='average'; the default 'augment' also trains on both)",
+           _chemtag(pair_order="average"),
            tasks=("dc-oneil",)),
     Method("chemtag-huber", "chemtag trained on the Huber loss (loss='huber': linear beyond one standard deviation "
                             "of the targets), for heavy-tailed synergy scores", _chemtag(loss="huber"),

@@ -62,10 +62,11 @@ def test_drug_combo_regressor_on_an_oneil_slice(pair_order):
     assert np.isfinite(model.predict(oneil)).all()
 
 
-def test_drug_combo_average_is_symmetric_in_the_drug_pair():
+@pytest.mark.parametrize("pair_order", ["augment", "average"])
+def test_drug_combo_predictions_are_symmetric_in_the_drug_pair(pair_order):
     oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=12)
     swapped = oneil.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})
-    model = DrugComboRegressor(**FAST).fit(oneil, oneil["Y"])
+    model = DrugComboRegressor(pair_order=pair_order, **FAST).fit(oneil, oneil["Y"])
     np.testing.assert_allclose(model.predict(oneil), model.predict(swapped), rtol=1e-6)
     as_given = DrugComboRegressor(pair_order="as_given", **FAST).fit(oneil, oneil["Y"])
     assert not np.allclose(as_given.predict(oneil), as_given.predict(swapped))
@@ -105,13 +106,18 @@ def test_drug_combo_without_validation_by_pair_groups_only_the_two_orders_of_a_r
     oneil = _oneil_rows_of_three_pairs()
     assert _recorded_training_groups(monkeypatch, oneil, pair_order="augment", validation_by_pair=False) \
         == (12, list(range(6)) * 2)
-    assert _recorded_training_groups(monkeypatch, oneil, validation_by_pair=False) == (6, None)
+    assert _recorded_training_groups(monkeypatch, oneil, pair_order="average", validation_by_pair=False) == (6, None)
+
+
+def test_drug_combo_trains_on_both_drug_orders_by_default(monkeypatch):
+    assert DrugComboRegressor().pair_order == "augment"
+    assert _recorded_training_groups(monkeypatch, _oneil_rows_of_three_pairs())[0] == 12
 
 
 def test_drug_combo_with_too_few_pairs_to_validate_on_trains_without_early_stopping():
     oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=12)  # one drug pair in twelve cell lines
-    message = ("validation_fraction=0.25 holds out no usable validation set from 12 rows in 1 groups kept "
-               "together; training on all rows for max_epochs=1 without early stopping.")
+    message = ("validation_fraction=0.25 holds out no usable validation set from 24 rows in 1 group kept "
+               "together; training on all rows for max_epochs=1 without early stopping.")  # both drug orders
     with pytest.warns(UserWarning, match=re.escape(message)):
         model = DrugComboRegressor(**FAST | {"validation_fraction": 0.25}).fit(oneil, oneil["Y"])
     assert "valid_loss" not in model.history_[0]

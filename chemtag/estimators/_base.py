@@ -324,7 +324,8 @@ class TagLLMEstimator(BaseEstimator):
         (a group is a row without ``groups``)."""
         n_groups = n_rows if groups is None else len(np.unique(groups))
         if self.validation_fraction and not 1 <= round(n_groups * self.validation_fraction) < n_groups:
-            source = f"{n_rows} rows" if groups is None else f"{n_rows} rows in {n_groups} groups kept together"
+            source = (f"{n_rows} rows" if groups is None
+                      else f"{n_rows} rows in {n_groups} group{'s' * (n_groups != 1)} kept together")
             warnings.warn(
                 f"validation_fraction={self.validation_fraction} holds out no usable validation set from {source}; "
                 f"training on all rows for max_epochs={self.max_epochs} without early stopping.", stacklevel=5,

@@ -56,9 +56,10 @@ class BindingAffinityRegressor(TagLLMRegressor):
 class DrugComboRegressor(TagLLMRegressor):
     """Two drug SMILES and a cell line -> synergy. Columns ``Drug1``, ``Drug2``, ``Cell_Line_ID`` (TDC).
 
-    The cell line is written as text. The drug pair is unordered: ``pair_order="average"`` predicts
-    the mean over both orders, ``"augment"`` also trains on both orders, ``"as_given"`` uses the
-    order of the columns.
+    The cell line is written as text. The drug pair is unordered: ``pair_order="augment"`` trains on
+    both orders (twice the rows) and predicts the mean over both, ``"average"`` trains on the given order
+    and predicts the mean over both, ``"as_given"`` uses the order of the columns (see
+    docs/estimators/drug_combo.md for what each measured).
 
     ``validation_by_pair=True`` keeps all rows of one unordered drug pair (every cell line, both
     orders) on one side of the early-stopping validation split and in one fold of the head probe's
@@ -81,9 +82,9 @@ class DrugComboRegressor(TagLLMRegressor):
         TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"},
         template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
                   "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
-        pair_order="average", validation_by_pair=True, cell_line_features=None,
+        pair_order="augment", validation_by_pair=True, cell_line_features=None,
     )
-    _PAIR_ORDERS = ("average", "augment", "as_given")
+    _PAIR_ORDERS = ("augment", "average", "as_given")
     PARAMS_ADDED = TagLLMRegressor.PARAMS_ADDED | {"validation_by_pair": False}
     _field_features = ("Cell_Line_ID", "cell_line_features")
 
