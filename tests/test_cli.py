@@ -49,6 +49,14 @@ def test_fit_options_reach_the_estimator_and_bad_values_get_its_message(tmp_path
     assert message in capsys.readouterr().err
 
 
+def test_fit_with_the_kernel_head_saves_it_and_refuses_it_for_classification(tmp_path, train_csv, capsys):
+    fit = ["fit", str(train_csv), "--column", "Drug=smiles", "--backbone", "tiny-llama", "--max-epochs", "1", "--quiet"]
+    assert main([*fit, "--task", "qed", "--head", "kernel", "-o", str(tmp_path / "model")]) == 0
+    assert load_estimator(tmp_path / "model").head_["kernel.train_features"].shape[0] == len(SMILES)
+    assert main([*fit, "--task", "classification", "--head", "kernel", "-o", str(tmp_path / "other")]) == 2
+    assert "chemtag fit: error: --head applies to the regression tasks, not 'classification'." in capsys.readouterr().err
+
+
 def test_missing_target_column_is_a_clear_error(tmp_path, train_csv, capsys):
     code = main(["fit", str(train_csv), "--task", "qed", "--target", "QED", "-o", str(tmp_path / "m")])
     assert code == 2
