@@ -22,17 +22,21 @@ DEFAULT_WIDTH, DEFAULT_PENALTY = 1.0, 1e-2
 """Width and penalty where there are too few rows to cross-validate (as the linear probe's default penalty)."""
 KERNEL_STATE_PREFIX = "kernel."
 """Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
-KERNEL_BYTES_PER_ENTRY = 24
-"""Memory an exact fit holds per entry of the ``n x n`` kernel: float64 kernel, a fold's sub-kernel and its
-eigenvectors."""
+KERNEL_BYTES_PER_ENTRY = 32
+"""Memory an exact fit holds per entry of the ``n x n`` kernel: float64 distances, kernel, a fold's sub-kernel
+and its eigenvectors."""
 _CHUNK_ROWS = 1024
 """Rows of ``a`` per block of the kernel matrix (bounds the memory of the distance computation)."""
 
 
+def mean_absolute_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mean |a_i - b_j|`` over the features ``(n_a, n_b)`` for ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``."""
+    return torch.cat([torch.cdist(chunk, b, p=1) for chunk in a.split(_CHUNK_ROWS)]) / a.shape[1]
+
+
 def laplacian_kernel(a: torch.Tensor, b: torch.Tensor, width: float) -> torch.Tensor:
     """``exp(-width * mean |a_i - b_j|)`` ``(n_a, n_b)`` for features ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``."""
-    blocks = [torch.cdist(chunk, b, p=1) for chunk in a.split(_CHUNK_ROWS)]
-    return torch.exp(-width / a.shape[1] * torch.cat(blocks))
+    return torch.exp(-width * mean_absolute_distances(a, b))
 
 
 class KernelHead(nn.Module):
@@ -71,13 +75,14 @@ class KernelHead(nn.Module):
         with torch.no_grad():
             features = standardised(base, readouts).double()
         y = targets.reshape(len(targets), -1).to(features)
+        distances = mean_absolute_distances(features, features)  # shared by every width and the final fit
         group_of_row = group_index(groups, len(y))
         if len(y) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS:
             fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
-            error, width, penalty = min(_cross_validated_errors(features, y, fold))
+            error, width, penalty = min(_cross_validated_errors(distances, y, fold))
         else:
             error, width, penalty = float("nan"), DEFAULT_WIDTH, DEFAULT_PENALTY
-        coef = _ridge(laplacian_kernel(features, features, width), y - y.mean(dim=0), penalty)
+        coef = _ridge(torch.exp(-width * distances), y - y.mean(dim=0), penalty)
         head = cls(base, features.float(), coef.float(), y.mean(dim=0).float(), width, penalty)
         return head, error
 
@@ -128,13 +133,14 @@ def _ridge(kernel: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tenso
     return torch.cholesky_solve(y, torch.linalg.cholesky(regularised))
 
 
-def _cross_validated_errors(features: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
-    """``(error, width, penalty)`` for every pair of the grids: the mean squared error over the held-out
-    rows of each fold. One eigendecomposition per width and fold solves every penalty."""
-    errors = torch.zeros(len(KERNEL_WIDTHS), len(KERNEL_PENALTIES), dtype=features.dtype, device=features.device)
-    penalties = torch.tensor(KERNEL_PENALTIES, dtype=features.dtype, device=features.device)
+def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
+    """``(error, width, penalty)`` for every pair of the grids, from the rows' :func:`mean_absolute_distances`
+    ``(n, n)``: the mean squared error over the held-out rows of each fold. One eigendecomposition per
+    width and fold solves every penalty."""
+    errors = torch.zeros(len(KERNEL_WIDTHS), len(KERNEL_PENALTIES), dtype=distances.dtype, device=distances.device)
+    penalties = torch.tensor(KERNEL_PENALTIES, dtype=distances.dtype, device=distances.device)
     for w, width in enumerate(KERNEL_WIDTHS):
-        kernel = laplacian_kernel(features, features, width)
+        kernel = torch.exp(-width * distances)
         for k in range(PROBE_FOLDS):
             fitted, held = fold != k, fold == k
             eigenvalues, eigenvectors = torch.linalg.eigh(kernel[fitted][:, fitted])

@@ -11,7 +11,8 @@ import chemtag.estimators._base as estimator_base
 from chemtag import QEDRegressor, kernel_head
 from chemtag.heads import LinearHead
 from chemtag.kernel_head import (DEFAULT_PENALTY, DEFAULT_WIDTH, KERNEL_PENALTIES, KERNEL_WIDTHS, KernelHead,
-                                 _cross_validated_errors, _ridge, laplacian_kernel, standardised)
+                                 _cross_validated_errors, _ridge, laplacian_kernel, mean_absolute_distances,
+                                 standardised)
 from chemtag.losses import squared_error
 
 FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
@@ -49,7 +50,8 @@ def test_cross_validation_scores_each_width_and_penalty_as_a_ridge_fit_per_fold_
     features = torch.randn(40, 3, generator=generator, dtype=torch.float64)
     y = torch.randn(40, 1, generator=generator, dtype=torch.float64)
     fold = torch.arange(40) % 5
-    errors = {(width, penalty): error for error, width, penalty in _cross_validated_errors(features, y, fold)}
+    distances = mean_absolute_distances(features, features)
+    errors = {(width, penalty): error for error, width, penalty in _cross_validated_errors(distances, y, fold)}
     assert set(errors) == {(w, p) for w in KERNEL_WIDTHS for p in KERNEL_PENALTIES}
     width, penalty = KERNEL_WIDTHS[1], KERNEL_PENALTIES[3]
     kernel = laplacian_kernel(features, features, width)
