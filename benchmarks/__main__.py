@@ -21,8 +21,11 @@ def parser() -> argparse.ArgumentParser:
                      help="task to run (repeat for several; 'all' for every regression task but the tdc-* "
                           "ones, which need TDC's files)")
     run.add_argument("--budget", choices=list(BUDGETS), default="quick")
-    run.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all); "
-                     + "; ".join(f"for {t.name}: {', '.join(t.methods)}" for t in GENERATION_TASKS.values()))
+    run.add_argument("--methods", help="comma-separated subset of: "
+                     + ", ".join(f"{name}*" if method.variant else name for name, method in METHODS.items())
+                     + " (default: all but chemtag's variants, marked *; 'all' for every method); "
+                     + "; ".join(f"for {t.name}: {', '.join(t.methods)} (default: all)"
+                                 for t in GENERATION_TASKS.values()))
     run.add_argument("--fold", type=int, default=0, help="test fold of tasks with folds (dc-oneil: 0-4)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--n-train", type=int, help="training rows to draw (default: the budget's); "
@@ -57,14 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         for budget in BUDGETS.values():
             print(f"budget {budget}")
         for method in METHODS.values():
-            print(f"method {method.name}: {method.description}")
+            variant = " (a variant of chemtag: runs when named)" if method.variant else ""
+            print(f"method {method.name}: {method.description}{variant}")
         return 0
     if arguments.command == "report":
         for table in sorted(arguments.results_dir.glob("*-history.csv")):
             redraw(table.name.removesuffix("-history.csv"), arguments.results_dir, arguments.img_dir)
             print(f"redrew {table.name.removesuffix('-history.csv')}")
         return 0
-    methods = arguments.methods.split(",") if arguments.methods else None
+    methods = arguments.methods.split(",") if arguments.methods and arguments.methods != "all" else None
+    regression_methods = list(METHODS) if arguments.methods == "all" else methods
     every = [name for name in TASKS if name not in TDC_TASKS]
     names = every if "all" in arguments.task else list(dict.fromkeys(arguments.task))
     regression = [TASKS[name] for name in names if name in TASKS]
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if regression:
         run_many(regression, arguments.budget, arguments.n_train, arguments.n_test, arguments.max_residues,
-                 methods=methods, fold=arguments.fold,
+                 methods=regression_methods, fold=arguments.fold,
                  seed=arguments.seed, backbone=arguments.backbone, device=arguments.device,
                  data_dir=arguments.data_dir,
                  results_dir=arguments.results_dir, img_dir=arguments.img_dir)

@@ -58,7 +58,9 @@ class Method:
     """A named way to build a regressor; ``tasks`` limits it to some tasks, ``requires`` names modules.
 
     ``environment_ready`` is set for methods that run in a separate environment of their own, which
-    their first fit creates: it tells whether that environment is already there.
+    their first fit creates: it tells whether that environment is already there. A ``variant`` is another
+    setting of chemtag's estimator (an ablation or an opt-in option): it runs when named, not by default,
+    so that the default run stays short.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Method:
     tasks: tuple[str, ...] | None = None
     requires: tuple[str, ...] = ()
     environment_ready: Callable[[], bool] | None = None
+    variant: bool = False
 
     def applies_to(self, task: Task) -> bool:
         return self.tasks is None or task.name in self.tasks
@@ -155,25 +158,24 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemtag", "chemtag's preset estimator (function tag + linear head on the frozen backbone, reading the "
                       "function tag's and each domain field's mean state)", _chemtag()),
     Method("chemtag-readout-only", "chemtag with the head on the function tag's state only, as in Tag-LLM "
-                                   "(pool_fields=False)", _chemtag(pool_fields=False)),
+                                   "(pool_fields=False)", _chemtag(pool_fields=False), variant=True),
     Method("chemtag-kernel", "chemtag with the kernel ridge head on the trained tags' states (head='kernel': "
-                             "keeps every training row's state)", _chemtag(head="kernel")),
+                             "keeps every training row's state)", _chemtag(head="kernel"), variant=True),
     Method("chemtag-refit", "chemtag with the head fitted again in closed form after every epoch instead of "
-                            "trained by AdamW (head_training='refit')", _chemtag(head_training="refit")),
+                            "trained by AdamW (head_training='refit')", _chemtag(head_training="refit"), variant=True),
     Method("chemtag-init-tags", "chemtag with domain tags at Tag-LLM's initialisation instead of the shipped "
-                                "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None)),
+                                "stage-1 tags (stage-3 ablation)", _chemtag(domain_tags=None), variant=True),
     Method("chemtag-no-domain-tags", "chemtag with no domain tags: inputs written as plain text in the same "
                                      "template (stage-3 ablation; no domain field to pool, so compare it with "
-                                     "chemtag-readout-only)", _chemtag_without_domain_tags),
+                                     "chemtag-readout-only)", _chemtag_without_domain_tags, variant=True),
     Method("chemtag-average", "chemtag trained on the given drug order, averaging both orders at prediction "
                               "only (pair_order='average'; the default 'augment' also trains on both)",
-           _chemtag(pair_order="average"),
-           tasks=("dc-oneil",)),
+           _chemtag(pair_order="average"), tasks=("dc-oneil",), variant=True),
     Method("chemtag-huber", "chemtag trained on the Huber loss (loss='huber': linear beyond one standard deviation "
                             "of the targets), for heavy-tailed synergy scores", _chemtag(loss="huber"),
-           tasks=("dc-oneil",)),
+           tasks=("dc-oneil",), variant=True),
     Method("chemtag-expression", "chemtag with the cell lines' expression as a projected feature tag",
-           _chemtag_with_expression, tasks=("dc-oneil",)),
+           _chemtag_with_expression, tasks=("dc-oneil",), variant=True),
     Method("probe-mean", "ridge on the frozen backbone's mean-pooled final hidden state", _probe("mean")),
     Method("probe-last", "ridge on the frozen backbone's last-token final hidden state", _probe("last")),
     Method("prompt-tuning", "peft prompt tuning (p virtual tokens) + linear head", _peft("prompt-tuning"),

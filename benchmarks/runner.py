@@ -70,8 +70,11 @@ def cpu_seconds() -> float:
 
 
 def resolve_methods(task: Task, methods: Sequence[str | Method] | None) -> list[Method]:
-    """The named methods (all that apply to ``task`` when None), skipping those that do not apply."""
-    chosen = [METHODS[m] if isinstance(m, str) else m for m in (methods or METHODS)]
+    """The named methods (when None, every method but chemtag's variants), skipping those that do not apply
+    to ``task``."""
+    if methods is None:
+        methods = [m for m in METHODS.values() if not m.variant]
+    chosen = [METHODS[m] if isinstance(m, str) else m for m in methods]
     return [m for m in chosen if m.applies_to(task)]
 
 
