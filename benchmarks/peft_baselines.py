@@ -162,10 +162,17 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
             readouts[chosen] = self._readout(*_batch(tokens, rows[chosen], self.pad_id_))
         return readouts
 
-    def _probe(self, tokens: list[np.ndarray], targets: torch.Tensor, train_rows: np.ndarray,
+    def _untrained_readouts(self, backbone: Backbone, prompts: list[str], tokens: list[np.ndarray]) -> torch.Tensor:
+        """The untrained ``peft`` model's readouts of every row, ``(n, d)``. LoRA starts as the frozen backbone
+        (its ``B`` matrices are zero), so its readouts are the last-token states that the probes share."""
+        if self.method == "lora":
+            return torch.as_tensor(frozen_states(backbone, prompts, self.batch_size)[1])
+        return self._readouts(tokens, np.arange(len(tokens)))
+
+    def _probe(self, readouts: torch.Tensor, targets: torch.Tensor, train_rows: np.ndarray,
                valid_rows: np.ndarray) -> dict:
-        """Epoch 0: fit the head to the untrained model's readouts; return its history record."""
-        readouts = self._readouts(tokens, np.concatenate([train_rows, valid_rows]))
+        """Epoch 0: fit the head to the untrained model's ``readouts`` ``(n, d)``; return its history record."""
+        readouts = readouts[np.concatenate([train_rows, valid_rows])]
         return {"epoch": 0, **fit_head(self.head_, readouts, targets, train_rows, valid_rows, _loss)}
 
     def _epoch(self, tokens: list[np.ndarray], targets: torch.Tensor, train_rows: np.ndarray,
@@ -196,10 +203,11 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
                 parameter.copy_(trainable[name])
         self.head_.load_state_dict(head)
 
-    def _train(self, tokens: list[np.ndarray], targets: torch.Tensor, rng: np.random.Generator) -> None:
+    def _train(self, tokens: list[np.ndarray], untrained_readouts: torch.Tensor, targets: torch.Tensor,
+               rng: np.random.Generator) -> None:
         """Epoch 0 (the probe), then the epochs; keep the epoch of lowest validation loss where there is one."""
         train_rows, valid_rows = validation_split(len(tokens), self.validation_fraction, rng)
-        self.history_ = [self._probe(tokens, targets, train_rows, valid_rows)]
+        self.history_ = [self._probe(untrained_readouts, targets, train_rows, valid_rows)]
         best_loss, best, stale = self.history_[0].get("valid_loss", math.inf), self._snapshot(), 0
         parameters = [p for p in self.model_.parameters() if p.requires_grad] + list(self.head_.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
@@ -229,12 +237,14 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
         self.y_mean_, self.y_scale_ = float(y.mean()), float(y.std()) or 1.0
         self.pad_id_ = backbone.tokenizer.pad_token_id
         targets = torch.as_tensor((y - self.y_mean_) / self.y_scale_, dtype=torch.float32)
-        tokens = _tokens(backbone, plain_prompts(self.template, X))
+        prompts = plain_prompts(self.template, X)
+        tokens = _tokens(backbone, prompts)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.model_ = get_peft_model(copy.deepcopy(backbone.model.base_model), config)
             self.head_ = LinearHead(backbone.hidden_size, 1).float()
-            self._train(tokens, targets, np.random.default_rng(self.random_state))
+            readouts = self._untrained_readouts(backbone, prompts, tokens)
+            self._train(tokens, readouts, targets, np.random.default_rng(self.random_state))
         return self
 
     @torch.no_grad()

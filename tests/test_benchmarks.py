@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the checkout, not installed
 
@@ -25,9 +26,10 @@ from benchmarks.metrics import concordance_index, pearson
 from benchmarks.neural import DeepSynergyRegressor
 from benchmarks.peft_baselines import PeftRegressor, plain_prompts
 from benchmarks.report import merge_into
-from benchmarks.runner import cpu_seconds, load_data, results_stem, run
+from benchmarks.runner import cpu_seconds, load_data, resolve_methods, results_stem, run
 from benchmarks.splits import Split, davis_setting1, pair_folds, pair_split, random_split, subsample, unordered_pairs
 from benchmarks.tasks import BUDGETS, TASKS, TDC_TASKS, Budget, Rows, Task
+from chemtag.backbones import load_backbone
 from chemtag.templates import Template
 from chemtag.training import validation_split
 
@@ -196,6 +198,17 @@ def test_peft_head_at_learning_rate_0_is_the_probe_of_epoch_0(method):
     trained = peft_regressor(method, epochs=2, lr=0.0).fit(X, y).predict(X)
     assert np.allclose(trained, probe, atol=1e-6)
     assert probe.std() > 0, "the probe must be fitted: a zero head predicts the mean for every row"
+
+
+def test_lora_s_epoch_0_reads_the_frozen_states_that_the_untrained_lora_model_computes():
+    X, y = peft_rows()
+    model = peft_regressor("lora", epochs=0).fit(X, y)
+    prompts = plain_prompts(model.template, X)
+    backbone = load_backbone("tiny-llama")
+    tokens = [np.asarray(ids) for ids in backbone.tokenizer(prompts)["input_ids"]]
+    shared = model._untrained_readouts(backbone, prompts, tokens)
+    computed = model._readouts(tokens, np.arange(len(tokens)))  # the peft model, never trained: epochs=0
+    assert torch.allclose(shared, computed, atol=1e-5)
 
 
 def test_peft_keeps_the_epoch_of_least_validation_loss_and_stops_after_patience():
@@ -436,6 +449,23 @@ def test_cli_lists_tasks_and_methods(capsys):
     assert cli.main(["list"]) == 0
     output = capsys.readouterr().out
     assert all(task in output for task in TASKS) and all(method in output for method in METHODS)
+
+
+def test_a_run_leaves_chemtag_s_variants_out_unless_they_are_named():
+    default = [m.name for m in resolve_methods(TASKS["dc-oneil"], None)]
+    assert default == ["mean", "gbm", "random-forest", "deepsynergy", "chemtag", "probe-mean", "probe-last",
+                       "prompt-tuning", "lora"]
+    named = resolve_methods(TASKS["dc-oneil"], ["chemtag", "chemtag-kernel", "deepdta"])
+    assert [m.name for m in named] == ["chemtag", "chemtag-kernel"]  # deepdta is for ba-davis only
+
+
+@pytest.mark.parametrize("option, expected", [([], None), (["--methods", "all"], list(METHODS)),
+                                              (["--methods", "mean,chemtag-huber"], ["mean", "chemtag-huber"])])
+def test_cli_passes_every_method_with_methods_all(option, expected, monkeypatch):
+    passed = {}
+    monkeypatch.setattr(cli, "run_many", lambda *args, methods, **options: passed.update(methods=methods))
+    assert cli.main(["run", "--task", "dc-oneil", *option]) == 0
+    assert passed["methods"] == expected
 
 
 def test_cli_refuses_an_unknown_method():

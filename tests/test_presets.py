@@ -72,6 +72,20 @@ def test_drug_combo_predictions_are_symmetric_in_the_drug_pair(pair_order):
     assert not np.allclose(as_given.predict(oneil), as_given.predict(swapped))
 
 
+def test_drug_combo_predicts_the_mean_of_both_drug_orders_in_one_pass(monkeypatch):
+    oneil = pd.read_csv(DATA / "oneil.csv.gz", nrows=12)
+    model = DrugComboRegressor(pair_order="average", **FAST).fit(oneil, oneil["Y"])
+    passes, original_predict = [], estimator_base.predict
+    monkeypatch.setattr(estimator_base, "predict",
+                        lambda model, prompts, *args, **kwargs: passes.append(len(prompts))
+                        or original_predict(model, prompts, *args, **kwargs))
+    averaged = model.predict(oneil)
+    assert passes == [2 * len(oneil)], "both orders of every row go through one prediction pass"
+    model.set_params(pair_order="as_given")
+    swapped = oneil.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})
+    np.testing.assert_allclose(averaged, (model.predict(oneil) + model.predict(swapped)) / 2, rtol=1e-4, atol=1e-4)
+
+
 def _recorded_training_groups(monkeypatch, oneil, **params) -> tuple[int, list[int] | None]:
     """The number of prompts a DrugComboRegressor fit trains on and the groups it gives ``train``, numbered
     in order of first appearance."""

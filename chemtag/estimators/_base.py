@@ -275,12 +275,14 @@ class TagLLMEstimator(BaseEstimator):
         outputs = np.full((len(frame), self._head_size()), np.nan)
         keep = np.flatnonzero(~invalid)
         if len(keep):
+            readings = self._prediction_rows({field: [v[i] for i in keep] for field, v in values.items()})
             prompts = self._encoder(template, model).encode(
-                {field: [v[i] for i in keep] for field, v in values.items()}
+                {field: [value for reading in readings for value in reading[field]] for field in values}
             )
-            self._check_lengths(prompts.lengths, backbone, keep)
-            outputs[keep] = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1,
-                                    cache_memory_bytes=self.cache_memory_bytes).numpy()
+            self._check_lengths(prompts.lengths.reshape(len(readings), -1).max(axis=0), backbone, keep)
+            joined = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1,
+                             cache_memory_bytes=self.cache_memory_bytes).numpy()
+            outputs[keep] = joined.reshape(len(readings), len(keep), -1).mean(axis=0)
         return outputs
 
     # ----------------------------------------------------------------- pieces
@@ -339,6 +341,11 @@ class TagLLMEstimator(BaseEstimator):
         row's group ``(n,)``: rows of one group stay on one side of the validation split and in one fold
         of the head probe's cross-validation (e.g. both orders of a drug pair)."""
         return values, targets, None
+
+    def _prediction_rows(self, values: dict[str, list[str]]) -> list[dict[str, list[str]]]:
+        """The readings of the validated rows whose head outputs are averaged into a prediction (e.g. both
+        drug orders); all are predicted in one pass, so they share the prefix cache."""
+        return [values]
 
     def _check_head_fits(self, n_rows: int, backbone: Backbone) -> None:
         """Refuse, before training, a head that cannot be fitted to ``n_rows`` training rows on ``backbone``'s

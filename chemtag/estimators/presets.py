@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from chemtag.estimators._inputs import as_frame
 from chemtag.estimators._signatures import derived_init
 from chemtag.estimators.generic import TagLLMRegressor
 
@@ -102,17 +101,17 @@ class DrugComboRegressor(TagLLMRegressor):
             groups = np.arange(len(targets)) if self.pair_order == "augment" else None
         if self.pair_order != "augment":
             return values, targets, groups
-        swapped = values | {"Drug1": values["Drug2"], "Drug2": values["Drug1"]}
+        swapped = _swapped(values)
         return {k: values[k] + swapped[k] for k in values}, np.concatenate([targets, targets]), np.tile(groups, 2)
 
-    def predict(self, X) -> np.ndarray:
-        """Predicted synergy ``(n,)``; with ``pair_order`` "average" or "augment" the mean of both drug orders."""
-        if self.pair_order == "as_given":
-            return super().predict(X)
-        frame = as_frame(X, list(self.fields_))
-        first, second = ((self.columns or {}).get(f, f) for f in ("Drug1", "Drug2"))
-        swapped = frame.rename(columns={first: second, second: first})
-        return (super().predict(frame) + super().predict(swapped)) / 2
+    def _prediction_rows(self, values: dict[str, list[str]]) -> list[dict[str, list[str]]]:
+        """With ``pair_order`` "average" or "augment", both drug orders: the prediction is their mean."""
+        return [values] if self.pair_order == "as_given" else [values, _swapped(values)]
+
+
+def _swapped(values: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Rows' field values with the two drugs exchanged."""
+    return values | {"Drug1": values["Drug2"], "Drug2": values["Drug1"]}
 
 
 def unordered_pairs(first: list[str], second: list[str]) -> np.ndarray:
