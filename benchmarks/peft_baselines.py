@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -241,7 +242,9 @@ class PeftRegressor(RegressorMixin, BaseEstimator):
         tokens = _tokens(backbone, prompts)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            self.model_ = get_peft_model(copy.deepcopy(backbone.model.base_model), config)
+            with warnings.catch_warnings():  # peft 0.21 reads an attribute that transformers 5 deprecates
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                self.model_ = get_peft_model(copy.deepcopy(backbone.model.base_model), config)
             self.head_ = LinearHead(backbone.hidden_size, 1).float()
             readouts = self._untrained_readouts(backbone, prompts, tokens)
             self._train(tokens, readouts, targets, np.random.default_rng(self.random_state))
