@@ -171,9 +171,9 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemtag-average", "chemtag trained on the given drug order, averaging both orders at prediction "
                               "only (pair_order='average'; the default 'augment' also trains on both)",
            _chemtag(pair_order="average"), tasks=("dc-oneil",), variant=True),
-    Method("chemtag-isolated", "chemtag with isolated domain segments (isolate_segments=True): each SMILES attends "
-                               "only to itself, so the prefix cache computes each drug once per fit",
-           _chemtag(isolate_segments=True), tasks=("dc-oneil",), variant=True),
+    Method("chemtag-joint", "chemtag without isolated domain segments (isolate_segments=False): each SMILES "
+                            "attends to the text before it, so the prefix cache holds a piece per leading drug",
+           _chemtag(isolate_segments=False), tasks=("dc-oneil",), variant=True),
     Method("chemtag-huber", "chemtag trained on the Huber loss (loss='huber': linear beyond one standard deviation "
                             "of the targets), for heavy-tailed synergy scores", _chemtag(loss="huber"),
            tasks=("dc-oneil",), variant=True),

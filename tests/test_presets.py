@@ -12,6 +12,7 @@ from Bio import SeqIO
 import chemtag.estimators._base as estimator_base
 from chemtag import BindingAffinityRegressor, DrugComboRegressor, ProteinDescriptorRegressor, QEDRegressor
 from chemtag.descriptors import protein_descriptor, qed
+from chemtag.prefix_cache import PrefixCache
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
@@ -126,6 +127,23 @@ def test_drug_combo_without_validation_by_pair_groups_only_the_two_orders_of_a_r
 def test_drug_combo_trains_on_both_drug_orders_by_default(monkeypatch):
     assert DrugComboRegressor().pair_order == "augment"
     assert _recorded_training_groups(monkeypatch, _oneil_rows_of_three_pairs())[0] == 12
+
+
+def _cached_smiles_pieces(monkeypatch, oneil: pd.DataFrame, **params) -> int:
+    """How many pieces holding SMILES tokens the prefix cache of a DrugComboRegressor fit computes."""
+    caches, original_compute = [], PrefixCache.compute
+    monkeypatch.setattr(PrefixCache, "compute", lambda cache, *args, **kwargs: caches.append(cache)
+                        or original_compute(cache, *args, **kwargs))
+    DrugComboRegressor(**params, **FAST).fit(oneil, oneil["Y"])
+    [cache] = caches
+    return sum(cache.prompts.segments[piece.row][piece.begin:piece.end].any() for piece in cache.pieces)
+
+
+def test_drug_combo_caches_each_drug_once_per_slot_by_default(monkeypatch):
+    oneil = _oneil_rows_of_three_pairs()
+    drugs = len(set(oneil["Drug1"]) | set(oneil["Drug2"]))  # each in both slots: training sees both orders
+    assert _cached_smiles_pieces(monkeypatch, oneil) == 2 * drugs
+    assert _cached_smiles_pieces(monkeypatch, oneil, isolate_segments=False) > 2 * drugs
 
 
 def test_drug_combo_with_too_few_pairs_to_validate_on_trains_without_early_stopping():

@@ -60,6 +60,9 @@ class DrugComboRegressor(TagLLMRegressor):
     and predicts the mean over both, ``"as_given"`` uses the order of the columns (see
     docs/estimators/drug_combo.md for what each measured).
 
+    Segments are isolated by default, as in ``BindingAffinityRegressor``: the prefix cache then computes
+    each drug once per fit in each of the two slots, however many partners and cell lines it appears with.
+
     ``validation_by_pair=True`` keeps all rows of one unordered drug pair (every cell line, both
     orders) on one side of the early-stopping validation split and in one fold of the head probe's
     cross-validation, so that model selection sees unseen pairs, as a test set split by pair does.
@@ -81,7 +84,7 @@ class DrugComboRegressor(TagLLMRegressor):
         TagLLMRegressor, domains={"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"},
         template=("Input: The SMILES of drug 1 is <SMILES> {Drug1}. The SMILES of drug 2 is <SMILES> {Drug2}. "
                   "The cell line is {Cell_Line_ID}. Output: The drug combination synergy is <DC>"),
-        pair_order="augment", validation_by_pair=True, cell_line_features=None,
+        pair_order="augment", validation_by_pair=True, cell_line_features=None, isolate_segments=True,
     )
     _PAIR_ORDERS = ("augment", "average", "as_given")
     PARAMS_ADDED = TagLLMRegressor.PARAMS_ADDED | {"validation_by_pair": False}
