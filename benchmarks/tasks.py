@@ -181,12 +181,12 @@ TASKS: dict[str, Task] = {
     ),
     "qed": Task(
         "qed", "RDKit QED of MOSES SMILES, random 80/20 split", {"Drug": "molecule"}, QEDRegressor, ("mse",),
-        _read_moses, _random, lambda frame: qed(frame["Drug"]), quick=Rows(200, 100),
+        _read_moses, _random, lambda frame: qed(frame["Drug"]), quick=Rows(128, 64),
     ),
     "descriptor": Task(
         "descriptor", "GRAVY (chemtag's default protein descriptor) of distinct proteins, random 80/20 split",
         {"Target": "protein"}, ProteinDescriptorRegressor, ("mse",), _read_proteins, _random,
-        lambda frame: protein_descriptor(frame["Target"]), quick=Rows(200, 100, QUICK_PROTEIN_CROP),
+        lambda frame: protein_descriptor(frame["Target"]), quick=Rows(128, 64, QUICK_PROTEIN_CROP),
     ),
     **TDC_TASKS,
 }
