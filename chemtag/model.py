@@ -239,11 +239,13 @@ class TaggedModel(nn.Module):
 
     def field_sums(self, hidden: torch.Tensor, batch: Batch) -> FieldSums:
         """Sums of ``hidden`` ``(B, L, d)``, the final states of ``batch``'s tokens, over the value tokens of
-        each pooled field (domain segments ``1 .. pooled_fields``, tag vectors and padding left out)."""
+        each pooled field (domain segments ``1 .. pooled_fields``, tag vectors and padding left out); float32,
+        also under bfloat16 autocast."""
         segment = torch.arange(1, self.pooled_fields + 1, device=hidden.device)
         value = (batch.tag_slots < 0) & batch.attention_mask
         own = ((batch.segments.unsqueeze(-1) == segment) & value.unsqueeze(-1)).float()  # (B, L, K)
-        return FieldSums(torch.einsum("blk,bld->bkd", own, hidden.float()), own.sum(dim=1))
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return FieldSums(torch.einsum("blk,bld->bkd", own, hidden.float()), own.sum(dim=1))
 
     def readout_states(self, batch: Batch) -> torch.Tensor:
         """The head's input, float32: the final hidden state at each prompt's last function-tag vector

@@ -318,6 +318,12 @@ def test_cache_memory_bytes_moves_the_prefix_cache_to_disk_without_changing_the_
         QEDRegressor(cache_memory_bytes=-1, **FAST).fit(SMILES, TARGETS)
 
 
+def test_bf16_fits_through_the_prefix_cache_with_pooled_fields():
+    model = QEDRegressor(bf16=True, **FAST).fit(SMILES, TARGETS)
+    assert model.head_["linear.weight"].shape == (1, 2 * 64)
+    assert model.predict(SMILES).dtype == np.float64 and np.isfinite(model.predict(SMILES)).all()
+
+
 @pytest.mark.parametrize("pool_fields, blocks", [(True, 3), (False, 1)])
 def test_pool_fields_widens_the_head_by_one_block_per_domain_field(pool_fields, blocks):
     X = pd.DataFrame({"a": SMILES, "b": SMILES[::-1], "note": ["x"] * len(SMILES)})

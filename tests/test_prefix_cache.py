@@ -214,11 +214,15 @@ def test_a_closed_cache_must_be_computed_again(tiny_llama):
         cache.batch([0])
 
 
+@pytest.mark.parametrize("pooled_fields", [0, 2])
 @pytest.mark.parametrize("name", BACKBONES)
-def test_bfloat16_cache_is_close_to_the_bfloat16_full_path(name):
+def test_bfloat16_cache_is_close_to_the_bfloat16_full_path(name, pooled_fields):
     model = make_model(load_backbone(name), isolate=True)
+    model.pooled_fields = pooled_fields
     with torch.autocast("cpu", dtype=torch.bfloat16):
         (states, _), (cached_states, _), _ = full_and_cached(model, list(range(len(VALUES["protein"]))), bf16=True)
+    assert states.dtype == cached_states.dtype == torch.float32
+    assert states.shape[1] == (1 + pooled_fields) * model.backbone.hidden_size
     assert (cached_states - states).abs().max() < 0.05 * states.abs().max()
 
 
