@@ -74,6 +74,11 @@ class Backbone:
         """What identifies this backbone: name, revision, config hash, vocabulary and hidden size."""
         return backbone_fingerprint(self.name, self.revision, self.model)
 
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the model."""
+        return int(self.model.config.num_hidden_layers)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Vocabulary embeddings of ``input_ids`` ``(...,)`` -> ``(..., d)``."""
         return self.model.get_input_embeddings()(input_ids)

@@ -34,10 +34,34 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+DEFAULT_POOL_LAYERS = (0.125, 0.5, 1.0)
+"""The hidden states whose field means the estimators' heads read: an eighth of the way up, halfway and
+the final one (layers 4, 15 and 30 of the default backbone; see docs/training.md)."""
+
+
+def pooled_layer_numbers(layers: Sequence[int | float], num_layers: int) -> tuple[int, ...]:
+    """Hidden-state numbers in ``1 .. num_layers`` (``num_layers``: the final state, after the last norm),
+    sorted and without repeats, from layer numbers (negative ones count from the end: -1 is the final
+    state) and fractions of the depth in (0, 1] (rounded to the nearest layer, at least the first)."""
+    numbers = set()
+    for layer in layers:
+        if isinstance(layer, (float, np.floating)):
+            if not 0 < layer <= 1:
+                raise ValueError(f"pool_layers: a fraction of the depth must be in (0, 1], got {layer}.")
+            numbers.add(max(1, round(float(layer) * num_layers)))
+        elif layer == 0 or not -num_layers <= layer <= num_layers:
+            raise ValueError(f"pool_layers: layer {layer} does not exist; the backbone has {num_layers} layers "
+                             f"(1 .. {num_layers}, or -{num_layers} .. -1 from the end).")
+        else:
+            numbers.add(int(layer) if layer > 0 else num_layers + 1 + int(layer))
+    return tuple(sorted(numbers))
+
+
 @dataclass
 class FieldSums:
-    """Final hidden states summed over the value tokens of each pooled domain field: ``sums`` ``(B, K, d)``
-    float32 and the tokens summed ``counts`` ``(B, K)``, for ``K`` fields."""
+    """Hidden states summed over the value tokens of each pooled domain field: ``sums`` ``(B, K, layers * d)``
+    float32 (each pooled layer's ``d``-wide sum in turn) and the tokens summed ``counts`` ``(B, K)``, for
+    ``K`` fields."""
 
     sums: torch.Tensor
     counts: torch.Tensor
@@ -46,7 +70,7 @@ class FieldSums:
         return FieldSums(self.sums + other.sums, self.counts + other.counts)
 
     def means(self) -> torch.Tensor:
-        """Each field's mean state ``(B, K, d)``; zeros for a field without tokens."""
+        """Each field's mean states ``(B, K, layers * d)``; zeros for a field without tokens."""
         return self.sums / self.counts.clamp(min=1).unsqueeze(-1)
 
 
@@ -101,15 +125,19 @@ class TaggedModel(nn.Module):
         states depend on its own text only (Tag-LLM's regression layout).
     feature_tag : the feature vectors of the prompts' feature slots, of the tags' length; their rows
         follow the tag table's (see :class:`~chemtag.templates.EncodedPrompts`).
-    pooled_fields : the head also reads, after the readout, the mean final hidden state over the value
-        tokens (tag vectors left out) of each of the first ``pooled_fields`` domain segments: its input is
-        then ``(B, (1 + pooled_fields) * d)``. A causal model computes those tokens before the function
-        tag, so with frozen domain tags their states are constants of each prompt, computed once in the
-        prefix cache.
+    pooled_fields : the head also reads, after the readout, the mean hidden states over the value tokens
+        (tag vectors left out) of each of the first ``pooled_fields`` domain segments, one ``d``-wide mean
+        per layer of ``pooled_layers``: its input is then ``(B, (1 + pooled_fields * layers) * d)``. A
+        causal model computes those tokens before the function tag, so with frozen domain tags their
+        states are constants of each prompt, computed once in the prefix cache.
+    pooled_layers : the hidden states whose field means the head reads, numbered ``1 ..
+        backbone.num_layers`` (the last: the final state, after the backbone's last norm); by default
+        the final one.
     """
 
     def __init__(self, backbone: Backbone, tags: Sequence[Tag], head: nn.Module, trainable: Sequence[str],
-                 isolate_segments: bool = False, feature_tag: FeatureTag | None = None, pooled_fields: int = 0):
+                 isolate_segments: bool = False, feature_tag: FeatureTag | None = None, pooled_fields: int = 0,
+                 pooled_layers: Sequence[int] = ()):
         super().__init__()
         lengths = {tag.length for tag in tags} | ({feature_tag.length} if feature_tag is not None else set())
         if len(lengths) != 1:
@@ -127,6 +155,7 @@ class TaggedModel(nn.Module):
         self.isolate_segments = isolate_segments
         self.feature_tag = feature_tag
         self.pooled_fields = pooled_fields
+        self.pooled_layers = pooled_layer_numbers(pooled_layers or (-1,), backbone.num_layers)
 
     @property
     def feature_ids(self) -> list[str]:
@@ -224,38 +253,60 @@ class TaggedModel(nn.Module):
     def hidden_states(self, batch: Batch, keep_kv: bool = False) -> tuple[torch.Tensor, KeysValues | None]:
         """Final hidden states ``(B, L, d)`` of the batch's tokens; with ``keep_kv`` also their keys
         and values, one ``(B, kv_heads, L, head_dim)`` pair per layer."""
+        outputs = self._backbone_outputs(batch, keep_kv)
+        return outputs.last_hidden_state, self._keys_values(outputs, keep_kv)
+
+    def pooled_states(self, batch: Batch, keep_kv: bool = False) -> tuple[torch.Tensor, KeysValues | None, FieldSums]:
+        """:meth:`hidden_states`, and the pooled fields' sums over the batch's tokens of each hidden state
+        in ``pooled_layers``."""
+        final = self.backbone.num_layers
+        earlier = [layer for layer in self.pooled_layers if layer < final]
+        outputs = self._backbone_outputs(batch, keep_kv, earlier)
+        states = [outputs.hidden_states[layer] for layer in earlier]  # [i]: decoder layer i's output
+        if final in self.pooled_layers:
+            states.append(outputs.last_hidden_state)  # after the backbone's last norm
+        return outputs.last_hidden_state, self._keys_values(outputs, keep_kv), self.field_sums(states, batch)
+
+    def _backbone_outputs(self, batch: Batch, keep_kv: bool, layers: Sequence[int] = ()):
+        """The backbone's outputs over the batch, keeping the hidden states of decoder ``layers`` too."""
         embeds = self.input_embeddings(batch)
         positions = batch.positions if batch.positions is not None else self.position_ids(batch.segments)
         model = self.backbone.model
+        # A list of indices keeps only those hidden states where transformers can select them, all elsewhere.
+        options = dict(inputs_embeds=embeds, position_ids=positions, use_cache=keep_kv,
+                       output_hidden_states=list(layers) or False)
         if batch.prefix is None:
-            outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.attention_mask(batch, embeds.dtype),
-                                       position_ids=positions, use_cache=keep_kv)
-        else:
-            enable_prefix_attention(model)
-            outputs = model.base_model(inputs_embeds=embeds, attention_mask=self.prefix_attention_mask(batch),
-                                       position_ids=positions, use_cache=keep_kv, chemtag_prefix=batch.prefix)
-        kv = [(layer.keys, layer.values) for layer in outputs.cache.layers] if keep_kv else None
-        return outputs.last_hidden_state, kv
+            return model.base_model(attention_mask=self.attention_mask(batch, embeds.dtype), **options)
+        enable_prefix_attention(model)
+        return model.base_model(attention_mask=self.prefix_attention_mask(batch), chemtag_prefix=batch.prefix,
+                                **options)
 
-    def field_sums(self, hidden: torch.Tensor, batch: Batch) -> FieldSums:
-        """Sums of ``hidden`` ``(B, L, d)``, the final states of ``batch``'s tokens, over the value tokens of
-        each pooled field (domain segments ``1 .. pooled_fields``, tag vectors and padding left out); float32,
-        also under bfloat16 autocast."""
-        segment = torch.arange(1, self.pooled_fields + 1, device=hidden.device)
+    @staticmethod
+    def _keys_values(outputs, keep_kv: bool) -> KeysValues | None:
+        return [(layer.keys, layer.values) for layer in outputs.cache.layers] if keep_kv else None
+
+    def field_sums(self, states: Sequence[torch.Tensor], batch: Batch) -> FieldSums:
+        """Sums of each of ``states`` ``(B, L, d)``, hidden states of ``batch``'s tokens, over the value tokens
+        of each pooled field (domain segments ``1 .. pooled_fields``, tag vectors and padding left out),
+        side by side; float32, also under bfloat16 autocast."""
+        segment = torch.arange(1, self.pooled_fields + 1, device=batch.segments.device)
         value = (batch.tag_slots < 0) & batch.attention_mask
         own = ((batch.segments.unsqueeze(-1) == segment) & value.unsqueeze(-1)).float()  # (B, L, K)
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return FieldSums(torch.einsum("blk,bld->bkd", own, hidden.float()), own.sum(dim=1))
+        with torch.autocast(device_type=own.device.type, enabled=False):
+            sums = [torch.einsum("blk,bld->bkd", own, hidden.float()) for hidden in states]
+            return FieldSums(torch.cat(sums, dim=-1), own.sum(dim=1))
 
     def readout_states(self, batch: Batch) -> torch.Tensor:
         """The head's input, float32: the final hidden state at each prompt's last function-tag vector
-        ``(B, d)``, followed by the pooled fields' mean states, ``(B, (1 + pooled_fields) * d)``."""
-        hidden, _ = self.hidden_states(batch)
+        ``(B, d)``, followed by the pooled fields' mean states, ``(B, (1 + pooled_fields * layers) * d)``."""
+        if self.pooled_fields:
+            hidden, _, fields = self.pooled_states(batch)
+        else:
+            (hidden, _), fields = self.hidden_states(batch), None
         rows = torch.arange(len(batch.readout), device=hidden.device)
         readout = hidden[rows, batch.readout].float()
-        if not self.pooled_fields:
+        if fields is None:
             return readout
-        fields = self.field_sums(hidden, batch)
         if batch.prefix_fields is not None:
             fields = fields + batch.prefix_fields
         return torch.cat([readout, fields.means().flatten(1)], dim=1)

@@ -60,6 +60,7 @@ def save_estimator(estimator, folder: str | Path) -> Path:
         "format_version": FORMAT_VERSION,
         "class": type(estimator).__name__,
         "params": params,
+        "tuple_params": sorted(name for name, value in params.items() if isinstance(value, tuple)),
         "fitted": fitted,
         "head_sha256": file_sha256(folder / _HEAD_FILE),
     }
@@ -88,6 +89,7 @@ def load_estimator(folder: str | Path, expected_class: type | None = None):
     if expected_class is not None and not issubclass(cls, expected_class):
         raise TypeError(f"{folder} holds a {cls.__name__}, not a {expected_class.__name__}.")
     params = cls.PARAMS_ADDED | config["params"]
+    params |= {name: tuple(params[name]) for name in config.get("tuple_params", [])}  # JSON has lists only
     if "frames" in config:
         values = _checked_tensors(folder / _FRAMES_FILE, config["frames_sha256"])
         params |= {name: _frame(values[name].numpy(), labels) for name, labels in config["frames"].items()}

@@ -21,7 +21,8 @@ contain them:
   distinct preceding content.
 
 For a model that pools its input fields (:attr:`TaggedModel.pooled_fields`), each piece also keeps the
-sums of its tokens' final hidden states per field, so a row's field means come from its pieces too.
+sums of its tokens' hidden states per field (in each pooled layer), so a row's field means come from its
+pieces too.
 
 Keys/values stay in the backbone's device memory (host memory on a CPU, GPU memory on a GPU, where each
 step then gathers its prefixes without a copy) up to a byte budget and go to a memory-mapped temporary
@@ -241,7 +242,8 @@ class PrefixCache:
         self._store = _KVStore(self.cached_tokens, self._layout(), dtype, memory_bytes, directory, device)
         if fields:  # a last row of zeros stands for "no piece" when rows' pieces are gathered
             self._piece_fields = FieldSums(
-                torch.zeros(len(self.pieces) + 1, fields, self.model.backbone.hidden_size, device=device),
+                torch.zeros(len(self.pieces) + 1, fields, len(self.model.pooled_layers) * self.model.backbone.hidden_size,
+                            device=device),
                 torch.zeros(len(self.pieces) + 1, fields, device=device))
         progress = tqdm(total=self.cached_tokens, unit="tok", disable=verbose <= 0, leave=verbose > 1,
                         desc=f"caching prefix keys/values ({self.describe()})")
@@ -283,13 +285,15 @@ class PrefixCache:
             positions=to(pad_rows(positions, 0)),
             prefix=self._prefix([p.row for p in pieces], [p.depth for p in pieces]) if pieces[0].dependent else None,
         )
-        hidden, kv = self.model.hidden_states(batch, keep_kv=True)
+        if self._piece_fields is not None:
+            _, kv, fields = self.model.pooled_states(batch, keep_kv=True)
+            at = torch.as_tensor(indices, device=device)
+            self._piece_fields.sums[at], self._piece_fields.counts[at] = fields.sums, fields.counts
+        else:
+            _, kv = self.model.hidden_states(batch, keep_kv=True)
         stacked = torch.stack([torch.stack(pair) for pair in kv])  # (n_layers, 2, B, kv_heads, L, head_dim)
         for i, piece in enumerate(pieces):
             self._store.write(piece.offset, stacked[:, :, i, :, :piece.length])
-        if self._piece_fields is not None:
-            fields, at = self.model.field_sums(hidden, batch), torch.as_tensor(indices, device=device)
-            self._piece_fields.sums[at], self._piece_fields.counts[at] = fields.sums, fields.counts
 
     # ----------------------------------------------------------------- reading
     def _prefix(self, rows: Sequence[int], n_pieces: Sequence[int]) -> PrefixKV:

@@ -320,17 +320,29 @@ def test_cache_memory_bytes_moves_the_prefix_cache_to_disk_without_changing_the_
 
 def test_bf16_fits_through_the_prefix_cache_with_pooled_fields():
     model = QEDRegressor(bf16=True, **FAST).fit(SMILES, TARGETS)
-    assert model.head_["linear.weight"].shape == (1, 2 * 64)
+    assert model.head_["linear.weight"].shape == (1, 3 * 64)  # the readout, the SMILES in two layers
     assert model.predict(SMILES).dtype == np.float64 and np.isfinite(model.predict(SMILES)).all()
 
 
-@pytest.mark.parametrize("pool_fields, blocks", [(True, 3), (False, 1)])
-def test_pool_fields_widens_the_head_by_one_block_per_domain_field(pool_fields, blocks):
+@pytest.mark.parametrize("pool_fields, pool_layers, blocks", [
+    (True, (0.125, 0.5, 1.0), 5),  # the default: on two layers, the first (0.125 and 0.5 round to it) and the final
+    (True, (-1,), 3), (True, (1, 2, -1), 5), (False, (1, 2), 1)])
+def test_pool_fields_widens_the_head_by_one_block_per_domain_field_and_pooled_layer(pool_fields, pool_layers, blocks):
     X = pd.DataFrame({"a": SMILES, "b": SMILES[::-1], "note": ["x"] * len(SMILES)})
-    model = TagLLMRegressor({"a": "SMILES", "b": "SMILES", "note": "Text"}, "Y", pool_fields=pool_fields, **FAST)
+    model = TagLLMRegressor({"a": "SMILES", "b": "SMILES", "note": "Text"}, "Y", pool_fields=pool_fields,
+                            pool_layers=pool_layers, **FAST)
     model.fit(X, TARGETS)
     assert model.head_["linear.weight"].shape == (1, blocks * 64)  # the text field is not pooled
     assert np.isfinite(model.predict(X)).all()
+
+
+@pytest.mark.parametrize("pool_layers, message", [
+    ((), "non-empty sequence"), (2, "non-empty sequence"), ((1, "2"), "non-empty sequence"), ((True,), "non-empty"),
+    ((3,), "layer 3 does not exist; the backbone has 2 layers"), ((0,), "layer 0 does not exist"),
+    ((-3,), "layer -3 does not exist"), ((1.5,), r"fraction of the depth must be in \(0, 1\], got 1.5")])
+def test_pool_layers_that_name_no_layer_are_refused(pool_layers, message):
+    with pytest.raises(ValueError, match=message):
+        QEDRegressor(pool_layers=pool_layers, **FAST).fit(SMILES, TARGETS)
 
 
 def test_a_model_saved_before_pool_fields_existed_loads_as_it_was_saved(tmp_path):
@@ -345,9 +357,23 @@ def test_a_model_saved_before_pool_fields_existed_loads_as_it_was_saved(tmp_path
         np.testing.assert_array_equal(loaded.predict(SMILES), QEDRegressor.load(folder).predict(SMILES))
 
 
-def test_pool_fields_changed_after_a_fit_is_refused_until_fitted_again():
-    model = QEDRegressor(**FAST).fit(SMILES, TARGETS).set_params(pool_fields=False)
-    with pytest.raises(ValueError, match=r"^This model's head was fitted with pool_fields=True; set it back or fit "
-                                         r"again \(warm_start=False\)\.$"):
+def test_a_model_saved_before_pool_layers_existed_pools_the_final_layer_as_it_was_saved(tmp_path):
+    model = QEDRegressor(pool_layers=(-1,), **FAST).fit(SMILES, TARGETS)
+    folder = model.save(tmp_path / "model")
+    config = json.loads((folder / "estimator.json").read_text())
+    del config["params"]["pool_layers"], config["tuple_params"]
+    (folder / "estimator.json").write_text(json.dumps(config))
+    expected = model.predict(SMILES)
+    del model.pool_layers
+    for loaded in QEDRegressor.load(folder), pickle.loads(pickle.dumps(model)):
+        assert loaded.pool_layers == (-1,)
+        np.testing.assert_array_equal(loaded.predict(SMILES), expected)
+
+
+@pytest.mark.parametrize("change, width", [({"pool_fields": False}, 64), ({"pool_layers": (-1,)}, 128)])
+def test_pooling_changed_after_a_fit_is_refused_until_fitted_again(change, width):
+    model = QEDRegressor(**FAST).fit(SMILES, TARGETS).set_params(**change)
+    with pytest.raises(ValueError, match=rf"^This model's head was fitted with other pool_fields or pool_layers \(it "
+                                         rf"reads 192 features, .* give {width}\); set them back or fit again"):
         model.predict(SMILES)
-    assert model.fit(SMILES, TARGETS).head_["linear.weight"].shape == (1, 64)
+    assert model.fit(SMILES, TARGETS).head_["linear.weight"].shape == (1, width)

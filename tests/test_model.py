@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from chemtag.model import Batch, TaggedModel
+from chemtag.model import Batch, TaggedModel, pooled_layer_numbers
 from chemtag.tags import Tag
 from chemtag.templates import Template, TemplateEncoder
 
@@ -148,3 +148,29 @@ def test_pooled_fields_follow_the_readout_as_each_field_s_mean_state_over_its_ow
             own = (batch.segments[row] == field) & (batch.tag_slots[row] < 0)
             assert own.any()
             torch.testing.assert_close(states[row, field * d:(field + 1) * d], hidden[row, own].float().mean(dim=0))
+
+
+def test_pooled_layers_add_each_layer_s_field_means_as_the_backbone_computes_its_hidden_states(tiny_backbone):
+    model = _model(tiny_backbone, isolate_segments=True)
+    model.pooled_fields, model.pooled_layers = 2, (1, 2)
+    batch = _batch(model)
+    embeds = model.input_embeddings(batch)
+    reference = tiny_backbone.model.base_model(
+        inputs_embeds=embeds, attention_mask=model.attention_mask(batch, embeds.dtype),
+        position_ids=model.position_ids(batch.segments), output_hidden_states=True).hidden_states  # [i]: layer i
+    states = model.readout_states(batch)
+    d = tiny_backbone.hidden_size
+    assert states.shape == (len(batch.readout), (1 + 2 * 2) * d)
+    for field in (1, 2):
+        for row in range(len(batch.readout)):
+            own = (batch.segments[row] == field) & (batch.tag_slots[row] < 0)
+            for k, layer in enumerate((1, 2)):
+                block = 1 + (field - 1) * 2 + k  # each field's layers in turn, after the readout
+                torch.testing.assert_close(states[row, block * d:(block + 1) * d],
+                                           reference[layer][row, own].float().mean(dim=0))
+
+
+@pytest.mark.parametrize("layers, numbers", [
+    ((-1,), (30,)), ((1.0,), (30,)), ((0.125, 0.5, 1.0), (4, 15, 30)), ((0.01,), (1,)), ((5, -26, 0.5, 30), (5, 15, 30))])
+def test_pooled_layers_are_layer_numbers_from_the_end_or_fractions_of_the_depth(layers, numbers):
+    assert pooled_layer_numbers(layers, 30) == numbers

@@ -218,11 +218,11 @@ def test_a_closed_cache_must_be_computed_again(tiny_llama):
 @pytest.mark.parametrize("name", BACKBONES)
 def test_bfloat16_cache_is_close_to_the_bfloat16_full_path(name, pooled_fields):
     model = make_model(load_backbone(name), isolate=True)
-    model.pooled_fields = pooled_fields
+    model.pooled_fields, model.pooled_layers = pooled_fields, (1, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         (states, _), (cached_states, _), _ = full_and_cached(model, list(range(len(VALUES["protein"]))), bf16=True)
     assert states.dtype == cached_states.dtype == torch.float32
-    assert states.shape[1] == (1 + pooled_fields) * model.backbone.hidden_size
+    assert states.shape[1] == (1 + 2 * pooled_fields) * model.backbone.hidden_size
     assert (cached_states - states).abs().max() < 0.05 * states.abs().max()
 
 
@@ -327,13 +327,14 @@ def test_a_cache_that_fits_nowhere_falls_back_to_the_full_pass(tiny_llama, monke
     assert history[0]["train_loss"] == expected[0]["train_loss"]
 
 
+@pytest.mark.parametrize("layers", [(2,), (1, 2)])
 @pytest.mark.parametrize("isolate", [False, True])
 @pytest.mark.parametrize("name", BACKBONES)
-def test_pooled_field_states_through_the_cache_are_exact_in_float64(name, isolate):
+def test_pooled_field_states_through_the_cache_are_exact_in_float64(name, isolate, layers):
     model = make_model(load_backbone(name, dtype=torch.float64), isolate)
-    model.pooled_fields = 2
+    model.pooled_fields, model.pooled_layers = 2, layers
     (states, gradient), (cached_states, cached_gradient), cache = full_and_cached(model, [1, 3, 5, 0, 6, 2, 4])
     d = model.backbone.hidden_size
-    assert states.shape[1] == 3 * d and states[:, d:].abs().max() > 1e-3  # the field means are there
+    assert states.shape[1] == (1 + 2 * len(layers)) * d and states[:, d:].abs().max() > 1e-3  # the field means
     torch.testing.assert_close(cached_states, states, rtol=0, atol=1e-10)
     torch.testing.assert_close(cached_gradient, gradient, rtol=0, atol=1e-10 * gradient.abs().max().item())

@@ -8,7 +8,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from chemtag.estimators._inputs import (
 from chemtag.feature_tags import FeatureTag
 from chemtag.heads import LinearHead
 from chemtag.kernel_head import KERNEL_STATE_PREFIX, KernelHead
-from chemtag.model import TaggedModel
+from chemtag.model import DEFAULT_POOL_LAYERS, TaggedModel, pooled_layer_numbers
 from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder, with_domain_tag, with_feature_slot
@@ -51,7 +51,7 @@ class TagLLMEstimator(BaseEstimator):
 
     _classification = False
     _field_features: tuple[str, str] | None = None
-    PARAMS_ADDED = {"pool_fields": False}
+    PARAMS_ADDED = {"pool_fields": False, "pool_layers": (-1,)}
     """Parameters added after the first release, with the value that reproduces a model saved without them."""
 
     def __init__(
@@ -67,6 +67,7 @@ class TagLLMEstimator(BaseEstimator):
         tune_domain_tags: bool = False,
         isolate_segments: bool = False,
         pool_fields: bool = True,
+        pool_layers: Sequence[int | float] = DEFAULT_POOL_LAYERS,
         max_epochs: int = 20,
         batch_size: int = 16,
         lr: float = 1e-4,
@@ -95,6 +96,7 @@ class TagLLMEstimator(BaseEstimator):
         self.tune_domain_tags = tune_domain_tags
         self.isolate_segments = isolate_segments
         self.pool_fields = pool_fields
+        self.pool_layers = pool_layers
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -298,6 +300,11 @@ class TagLLMEstimator(BaseEstimator):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         check_head_training(self.head_training)
+        layers = self.pool_layers
+        if not isinstance(layers, (tuple, list)) or not layers or any(
+                isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in layers):
+            raise ValueError(f"pool_layers must be a non-empty sequence of layer numbers (int) or fractions of the "
+                             f"backbone's depth (float), got {layers!r}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
         for name in ("lr", "weight_decay"):
@@ -489,17 +496,20 @@ class TagLLMEstimator(BaseEstimator):
         """The tagged model of ``template`` with a head that reads the pooled fields if ``pool_fields`` says so
         (loaded from ``head_state`` where given)."""
         pooled = template.domain_segments if self.pool_fields else 0
-        head = LinearHead(backbone.hidden_size, self._head_size(), blocks=1 + pooled)
+        layers = pooled_layer_numbers(self.pool_layers, backbone.num_layers)
+        head = LinearHead(backbone.hidden_size, self._head_size(), blocks=1 + pooled * len(layers))
         if head_state is not None:
             if head_state["linear.weight"].shape != head.linear.weight.shape:
-                raise ValueError(f"This model's head was fitted with pool_fields={not self.pool_fields}; set it back "
-                                 f"or fit again (warm_start=False).")
+                raise ValueError(f"This model's head was fitted with other pool_fields or pool_layers (it reads "
+                                 f"{head_state['linear.weight'].shape[1]} features, pool_fields={self.pool_fields} and "
+                                 f"pool_layers={self.pool_layers} give {head.linear.weight.shape[1]}); set them back or "
+                                 f"fit again (warm_start=False).")
             kernel = {k: v for k, v in head_state.items() if k.startswith(KERNEL_STATE_PREFIX)}
             head.load_state_dict({k: v for k, v in head_state.items() if k not in kernel})
             if kernel:
                 head = KernelHead.from_state(head, kernel)
         return TaggedModel(backbone, tags, head.to(backbone.device), trainable, self.isolate_segments, feature_tag,
-                           pooled_fields=pooled)
+                           pooled_fields=pooled, pooled_layers=layers)
 
     def _model_from_fitted(self, backbone: Backbone) -> TaggedModel:
         model = getattr(self, "_model", None)

@@ -60,11 +60,17 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     isolate_segments : bool
         Each ``<Domain> value`` segment attends only to itself, as in Tag-LLM's regression setting.
     pool_fields : bool
-        The head reads, beside the final hidden state at the function tag, the mean final hidden state
-        over each domain field's tokens (its input grows from ``d`` to ``(1 + fields) * d``). Those
-        states do not depend on the function tag, so with frozen domain tags they are computed once per
-        fit, in the prefix cache. ``False`` reads the function tag only, as Tag-LLM does; see
-        docs/training.md.
+        The head reads, beside the final hidden state at the function tag, the mean hidden states over
+        each domain field's tokens, one per layer of ``pool_layers`` (its input grows from ``d`` to
+        ``(1 + fields * layers) * d``). Those states do not depend on the function tag, so with frozen
+        domain tags they are computed once per fit, in the prefix cache. ``False`` reads the function tag
+        only, as Tag-LLM does; see docs/training.md.
+    pool_layers : sequence of int or float
+        The hidden states whose field means the head reads: layer numbers (1 is the first decoder
+        layer's output, -1 the final state after the backbone's last norm) or fractions of the depth in
+        (0, 1], rounded to the nearest layer (1.0 is the final state). The default ``(0.125, 0.5, 1.0)``
+        reads layers 4, 15 and 30 of the default backbone: early layers keep what the field's tokens are,
+        which properties such as hydropathy or drug-likeness follow closely; see docs/training.md.
     max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head, the learning rate
         rising linearly over the first 100 steps; the head is first fitted as a linear probe, epoch 0).
     validation_fraction : float

@@ -1,24 +1,33 @@
-"""Which layer's hidden state at the function-tag readout holds the most signal? Ridge probes per layer.
+"""Which layer's hidden states hold the most signal? Ridge probes per layer.
 
-The estimator reads the *final* hidden state at its last function-tag vector. This study takes the
+The estimator reads the *final* hidden state at its last function-tag vector (and, with
+``pool_fields``, the final states' mean over each domain field's value tokens). This study takes the
 hidden state of every layer at that position (untrained function tag, shipped domain tags, the
 preset's template, bf16 through the prefix cache as a fit computes it) for a benchmark task's
 seeded train/test subsample, fits a ridge probe per layer (features standardised on the training rows,
 penalty by leave-one-out over ``ALPHAS``) and prints each layer's test MSE beside the mean predictor's.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/layer_probe.py --task qed --n-train 2500 --n-test 500
+
+``--fields`` also pools every layer's states over each domain field (float32, full passes, as in
+``pooling_probe.py``) and probes, per layer, the field means and the readout beside them, then the
+estimator's final-layer features joined with an earlier layer's field means, and every ``--stride``-th
+layer's field means together; ``--sets 4,15,30 1,4,15,30`` also probes the final readout beside the field
+means of each set of layers (what ``pool_layers`` gives the head).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
 
 
 def read_every_layer(model) -> None:
-    """Make ``model.readout_states`` return every decoder layer's output at each prompt's readout,
-    ``(B, layers * d)``, the last layer's after the final norm (as the estimator reads it)."""
+    """Make ``model.readout_states`` return, for every decoder layer, its output at each prompt's readout
+    followed, where the model pools fields, by its outputs' mean over each pooled field's value tokens:
+    ``(B, layers * (1 + fields) * d)``, the last layer's after the final norm (as the estimator reads it)."""
     outputs: list[torch.Tensor] = []
     reading = [False]  # the prefix cache's passes run the same layers: keep only the readout pass's outputs
 
@@ -38,25 +47,59 @@ def read_every_layer(model) -> None:
         finally:
             reading[0] = False
         rows = torch.arange(len(batch.readout), device=final.device)
-        return torch.cat([hidden[rows, batch.readout].float() for hidden in outputs[:-1]] + [final], dim=1)
+        blocks = []
+        for hidden in outputs[:-1]:
+            blocks.append(hidden[rows, batch.readout].float())
+            if model.pooled_fields:
+                blocks.append(model.field_sums([hidden], batch).means().flatten(1))
+        return torch.cat(blocks + [final], dim=1)
 
     model.readout_states = readout_states
 
 
 def main() -> None:
-    args = study_parser(__doc__.split("\n\n")[0], max_residues=0).parse_args()
-    states = study_states(args, pool_fields=False)
+    parser = study_parser(__doc__.split("\n\n")[0], max_residues=0)
+    parser.add_argument("--fields", action="store_true", help="pool every layer's states over each domain field")
+    parser.add_argument("--stride", type=int, default=4, help="with --fields: the layers probed together")
+    parser.add_argument("--sets", nargs="*", default=[], help="with --fields: comma-separated layers to pool together")
+    args = parser.parse_args()
+    states = study_states(args, pool_fields=args.fields)
     read_every_layer(states.model)
-    features = head_inputs(states, batch_size=32, bf16=True)
+    if args.fields:
+        features = head_inputs(states, batch_size=16, prefix_cache=False)
+    else:
+        features = head_inputs(states, batch_size=32, bf16=True)
 
     y, n_train, d = states.y, states.n_train, states.model.backbone.hidden_size
+    width = (1 + states.model.pooled_fields) * d  # one layer's block: its readout, then its field means
+    layers = features.shape[1] // width
+    readout = {layer: features[:, (layer - 1) * width:(layer - 1) * width + d] for layer in range(1, layers + 1)}
+    fields = {layer: features[:, (layer - 1) * width + d:layer * width] for layer in range(1, layers + 1)}
     mean_mse = mean_predictor_mse(y, n_train)
     print(f"{args.task}, {n_train:,} train / {len(y) - n_train:,} test, seed {args.seed}; "
           f"mean predictor MSE {mean_mse:.5g}")
-    print("| layer | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
-    for layer in range(1, features.shape[1] // d + 1):  # 1: the first decoder layer's output
-        mse, penalty = ridge_probe(features[:, (layer - 1) * d:layer * d], y, n_train)
-        print(f"| {layer} | {mse:.5g} | {mse / mean_mse:.3f} | {penalty:.3g} |", flush=True)
+
+    def row(name: str, *blocks: np.ndarray) -> None:
+        mse, penalty = ridge_probe(np.concatenate(blocks, axis=1), y, n_train)
+        print(f"| {name} | {mse:.5g} | {mse / mean_mse:.3f} | {penalty:.3g} |", flush=True)
+
+    print("| layer: features | test MSE | / mean predictor's | penalty |\n|---|---|---|---|")
+    for layer in range(1, layers + 1):  # 1: the first decoder layer's output
+        row(f"{layer}: readout", readout[layer])
+        if args.fields:
+            row(f"{layer}: field means", fields[layer])
+            row(f"{layer}: readout + field means", readout[layer], fields[layer])
+    if args.fields:
+        final = (readout[layers], fields[layers])
+        for layer in range(args.stride, layers, args.stride):
+            row(f"{layers}: readout + field means, + layer {layer}'s field means", *final, fields[layer])
+        strided = list(range(args.stride, layers, args.stride)) + [layers]
+        row(f"field means of layers {', '.join(map(str, strided))}", *(fields[layer] for layer in strided))
+        row(f"{layers}: readout, + field means of layers {', '.join(map(str, strided))}", readout[layers],
+            *(fields[layer] for layer in strided))
+        for chosen in ([int(layer) for layer in spec.split(",")] for spec in args.sets):
+            row(f"{layers}: readout, + field means of layers {', '.join(map(str, chosen))}", readout[layers],
+                *(fields[layer] for layer in chosen))
 
 
 if __name__ == "__main__":
