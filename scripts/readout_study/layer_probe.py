@@ -72,7 +72,8 @@ def main() -> None:
 
     y, n_train, d = states.y, states.n_train, states.model.backbone.hidden_size
     width = (1 + states.model.pooled_fields) * d  # one layer's block: its readout, then its field means
-    layers = features.shape[1] // width
+    layers, rest = divmod(features.shape[1], width)
+    assert rest == 0 and layers == states.model.backbone.num_layers, "one block of states per layer"
     readout = {layer: features[:, (layer - 1) * width:(layer - 1) * width + d] for layer in range(1, layers + 1)}
     fields = {layer: features[:, (layer - 1) * width + d:layer * width] for layer in range(1, layers + 1)}
     mean_mse = mean_predictor_mse(y, n_train)

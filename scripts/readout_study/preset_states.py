@@ -71,10 +71,12 @@ def head_inputs(states: PresetStates, **options) -> np.ndarray:
 def preset_states(task_name: str, n_train: int, n_test: int, seed: int, max_residues: int | None,
                   pool_fields: bool, **options) -> PresetStates:
     """Seeded train/test rows of the benchmark task (fold 0; proteins cut to ``max_residues``, ``None`` whole)
-    through its preset with ``pool_fields`` and the estimator parameters ``options`` as given."""
+    through its preset with ``pool_fields`` and the estimator parameters ``options`` as given; fields are
+    pooled in the final layer only unless ``options`` names ``pool_layers``."""
     task = TASKS[task_name]
     data = load_data(task, Rows(n_train, n_test, max_residues), 0, seed)
     X = pd.concat([data.X_train, data.X_test], ignore_index=True)
+    options = {"pool_layers": (-1,)} | options
     estimator = task.estimator(protein_alphabet="extended", pool_fields=pool_fields, **options)
     fields = estimator._fields(X)
     estimator.fields_, estimator.template_ = fields, estimator.template
