@@ -160,7 +160,7 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("chemtag-readout-only", "chemtag with the head on the function tag's state only, as in Tag-LLM "
                                    "(pool_fields=False)", _chemtag(pool_fields=False), variant=True),
     Method("chemtag-final-layer", "chemtag with the field means of the final hidden state only "
-                                  "(pool_layers=(-1,); the default before 2026-11-27 20:00 UTC)",
+                                  "(pool_layers=(-1,); the default before 2026-11-27 19:52 UTC)",
            _chemtag(pool_layers=(-1,)), variant=True),
     Method("chemtag-kernel", "chemtag with the kernel ridge head on the trained tags' states (head='kernel': "
                              "keeps every training row's state)", _chemtag(head="kernel"), variant=True),
