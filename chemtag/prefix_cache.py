@@ -241,10 +241,9 @@ class PrefixCache:
         device, fields = self.model.backbone.device, self.model.pooled_fields
         self._store = _KVStore(self.cached_tokens, self._layout(), dtype, memory_bytes, directory, device)
         if fields:  # a last row of zeros stands for "no piece" when rows' pieces are gathered
-            self._piece_fields = FieldSums(
-                torch.zeros(len(self.pieces) + 1, fields, len(self.model.pooled_layers) * self.model.backbone.hidden_size,
-                            device=device),
-                torch.zeros(len(self.pieces) + 1, fields, device=device))
+            width = len(self.model.pooled_layers) * self.model.backbone.hidden_size
+            self._piece_fields = FieldSums(torch.zeros(len(self.pieces) + 1, fields, width, device=device),
+                                           torch.zeros(len(self.pieces) + 1, fields, device=device))
         progress = tqdm(total=self.cached_tokens, unit="tok", disable=verbose <= 0, leave=verbose > 1,
                         desc=f"caching prefix keys/values ({self.describe()})")
         # Standalone pieces first, then dependent ones by depth: a piece's context is stored before it.

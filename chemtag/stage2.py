@@ -62,8 +62,8 @@ def labelled_rows(corpus: str | Path, task: str, n_rows: int, skip: int = 0, max
     return table
 
 
-_RECORDED_SETTINGS = ("lr", "batch_size", "max_epochs", "patience", "head_training", "pool_fields", "pool_layers",
-                      "bf16")
+_RECORDED_SETTINGS = ("lr", "batch_size", "max_epochs", "patience", "head_training", "pool_fields",
+                      "pool_layers", "bf16")
 
 
 def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: str | Path, *, n_train: int,
@@ -97,13 +97,13 @@ def pretrain_function_estimator(corpus: str | Path, task: str, library_folder: s
         "max_length": max_length, "n_train": n_train, "n_test": n_test,
         "test_mse": float(np.mean((predictions - test["Y"]) ** 2)),
         "mean_predictor_test_mse": float(np.mean((train["Y"].mean() - test["Y"]) ** 2)),
-        "training": {name: list(settings[name]) if isinstance(settings[name], tuple) else settings[name]
-                     for name in _RECORDED_SETTINGS},  # as stage2.json holds them
+        "training": {name: settings[name] for name in _RECORDED_SETTINGS},
         "best_epoch": best["epoch"] if best else None, "epochs_run": model.history_[-1]["epoch"],
         "valid_loss_by_epoch": [round(record["valid_loss"], 6) for record in validated],
         "processes": processes.num_processes, "seconds": round(time.perf_counter() - started, 1),
     }
     folder = model.save(Path(library_folder) / "estimators" / type(model).__name__)
-    (folder / "stage2.json").write_text(json.dumps(provenance, indent=1))
+    text = json.dumps(provenance, indent=1)
+    (folder / "stage2.json").write_text(text)
     processes.wait_for_everyone()
-    return provenance
+    return json.loads(text)  # as stage2.json holds it: tuples become lists
