@@ -183,6 +183,14 @@ class _TanhNorm:
         return ((squashed - self.mean2) / self.std2).astype(np.float32)
 
 
+def _conical_mlp(widths: list[int]) -> nn.Sequential:
+    """DeepSynergy's network: input dropout 0.2, ReLU layers of ``widths`` with dropout 0.5, one output ``(B,)``."""
+    layers: list[nn.Module] = [nn.Dropout(0.2)]
+    for n_in, n_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(0.5)]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 1), nn.Flatten(0))
+
+
 class DeepSynergyRegressor(RegressorMixin, BaseEstimator):
     """DeepSynergy's MLP on columns ``Drug1``, ``Drug2`` (SMILES) and ``Cell_Line_ID`` (rows of ``expression``)."""
 
@@ -207,13 +215,9 @@ class DeepSynergyRegressor(RegressorMixin, BaseEstimator):
         features = np.vstack([self._features(X), self._features(X, swap=True)])
         self.norm_ = _TanhNorm().fit(features)
         targets, self.y_mean_, self.y_scale_ = _standardised(np.tile(np.asarray(y, dtype=float), 2))
-        widths = [int(self.norm_.keep.sum()), *self.hidden]
-        layers: list[nn.Module] = [nn.Dropout(0.2)]
-        for n_in, n_out in zip(widths, widths[1:]):
-            layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(0.5)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            self.network_ = nn.Sequential(*layers, nn.Linear(widths[-1], 1), nn.Flatten(0))
+            self.network_ = _conical_mlp([int(self.norm_.keep.sum()), *self.hidden])
         self.history_ = fit_network(self.network_, [torch.as_tensor(self.norm_.transform(features))], targets,
                                     epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                     validation_fraction=self.validation_fraction, patience=self.patience,

@@ -23,7 +23,7 @@ from benchmarks.chemprop_baseline import ChempropError, ChempropRegressor, ensur
 from benchmarks.features import ExpertFeatures, protein_composition
 from benchmarks.methods import METHODS, Context, Method
 from benchmarks.metrics import concordance_index, pearson
-from benchmarks.neural import DeepSynergyRegressor
+from benchmarks.neural import DeepDTARegressor, DeepSynergyRegressor
 from benchmarks.peft_baselines import PeftRegressor, plain_prompts
 from benchmarks.report import merge_into
 from benchmarks.runner import cpu_seconds, load_data, resolve_methods, results_stem, run
@@ -161,6 +161,18 @@ def test_deepsynergy_predicts_the_same_for_both_drug_orders():
     model = DeepSynergyRegressor(expression, hidden=(16,), epochs=2).fit(table, table["Y"])
     swapped = table.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})
     assert np.allclose(model.predict(table), model.predict(swapped))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DeepSynergyRegressor(pd.DataFrame(np.eye(3), index=["c0", "c1", "c2"]), hidden=(16, 8), epochs=2),
+    lambda: DeepDTARegressor(protein_length=32, filters=4, epochs=2),
+], ids=["deepsynergy", "deepdta"])
+def test_neural_experts_fit_the_same_whatever_ran_before(make):
+    table = synergy_table(40).assign(Drug=lambda t: t["Drug1"], Target="MKVLAAGIVAL")  # columns for both
+    torch.manual_seed(1)
+    first = make().fit(table, table["Y"]).predict(table)
+    torch.rand(100)  # the global generator moves on, as other methods' fits move it in a benchmark run
+    assert np.array_equal(make().fit(table, table["Y"]).predict(table), first)
 
 
 def test_plain_prompts_fill_fields_and_drop_tags():
