@@ -100,7 +100,7 @@ def mlp() -> TransformedTargetRegressor:
 
 
 def head_states(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int]:
-    """The head's input ``(n, (1 + fields) * d)``, the labels ``(n,)`` and the number of training rows."""
+    """The head's input ``(n, (1 + fields * layers) * d)``, the labels ``(n,)`` and the number of training rows."""
     if args.states and args.states.exists():
         saved = np.load(args.states)
         return saved["features"], saved["y"], int(saved["n_train"])

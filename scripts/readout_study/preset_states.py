@@ -42,7 +42,7 @@ class PresetStates:
 
 def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentParser:
     """The arguments every probe study takes: the task, its training and test rows, the seed, the protein
-    crop (``max_residues`` by default; 0 keeps proteins whole) and the torch threads."""
+    crop (``max_residues`` by default; 0 keeps proteins whole), the torch threads and the pooled layers."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--task", default="qed")
     parser.add_argument("--n-train", type=int, default=2500)
@@ -50,13 +50,22 @@ def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentP
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-residues", type=int, default=max_residues, help="protein crop; 0 keeps proteins whole")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pool-layers", type=_layers, default=(-1,),
+                        help="layers whose field means the head reads, comma-separated: numbers (negative from the "
+                             "end) or fractions of the depth, e.g. 0.125,0.5,1.0 (the estimators' default); "
+                             "default -1, the final layer")
     return parser
+
+
+def _layers(text: str) -> tuple[int | float, ...]:
+    return tuple(float(item) if "." in item else int(item) for item in text.split(","))
 
 
 def study_states(args: argparse.Namespace, pool_fields: bool) -> PresetStates:
     """:func:`preset_states` for the arguments of :func:`study_parser`, on ``args.threads`` torch threads."""
     torch.set_num_threads(args.threads)
-    return preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None, pool_fields)
+    return preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None, pool_fields,
+                         pool_layers=args.pool_layers)
 
 
 def head_inputs(states: PresetStates, **options) -> np.ndarray:
