@@ -1,9 +1,10 @@
 """A kernel ridge head: reads more from the frozen states than the linear head, at the price of keeping
 every training row's state (see docs/training.md, "Would a nonlinear head read more?").
 
-The kernel is Laplacian on the linear head's standardised features: ``k(a, b) = exp(-width * mean |a - b|)``,
-the mean over the features. Its width and ridge penalty are chosen by cross-validation over the training
-rows; the fit is exact, so it costs ``n²`` memory and ``n³`` time in the number of training rows ``n``.
+The kernel acts on the linear head's standardised features: Laplacian, ``k(a, b) = exp(-width * mean |a - b|)``,
+or Gaussian, ``k(a, b) = exp(-width * mean (a - b)²)``, the mean over the features. The kernel, its width and
+the ridge penalty are chosen by cross-validation over the training rows; the fit is exact, so it costs ``n²``
+memory and ``n³`` time in the number of training rows ``n``.
 """
 
 from __future__ import annotations
@@ -14,29 +15,35 @@ from torch import nn
 
 from chemtag.heads import PROBE_FOLDS, LinearHead, group_index
 
-KERNEL_WIDTHS = (0.3, 1.0, 3.0, 10.0)
-"""Kernel widths among which cross-validation chooses, in units of ``1 / mean |a - b|`` (standardised features)."""
+KERNEL_WIDTHS = {"laplacian": (0.3, 1.0, 3.0, 10.0), "gaussian": (0.03, 0.1, 0.3, 1.0)}
+"""Widths among which cross-validation chooses, per kernel: in units of ``1 / mean |a - b|`` (Laplacian) or
+``1 / mean (a - b)²`` (Gaussian) over standardised features."""
+KERNELS = tuple(KERNEL_WIDTHS)
 KERNEL_PENALTIES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Ridge penalties among which cross-validation chooses (the kernel's diagonal is 1)."""
-DEFAULT_WIDTH, DEFAULT_PENALTY = 1.0, 1e-2
-"""Width and penalty where there are too few rows to cross-validate (as the linear probe's default penalty)."""
+DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY = "laplacian", 1.0, 1e-2
+"""Kernel, width and penalty where there are too few rows to cross-validate (as the linear probe's default
+penalty); also the kernel of heads saved before the Gaussian kernel was a choice."""
 KERNEL_STATE_PREFIX = "kernel."
 """Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
-KERNEL_BYTES_PER_ENTRY = 32
-"""Memory an exact fit holds per entry of the ``n x n`` kernel: float64 distances, kernel, a fold's sub-kernel
-and its eigenvectors."""
+KERNEL_BYTES_PER_ENTRY = 40
+"""Memory an exact fit holds per entry of the ``n x n`` kernel: float64 distances of the best kernel so far
+and of the one being cross-validated, kernel, a fold's sub-kernel and its eigenvectors."""
 _CHUNK_ROWS = 1024
 """Rows of ``a`` per block of the kernel matrix (bounds the memory of the distance computation)."""
 
 
-def mean_absolute_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``mean |a_i - b_j|`` over the features ``(n_a, n_b)`` for ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``."""
-    return torch.cat([torch.cdist(chunk, b, p=1) for chunk in a.split(_CHUNK_ROWS)]) / a.shape[1]
+def mean_distances(a: torch.Tensor, b: torch.Tensor, kernel: str) -> torch.Tensor:
+    """The distances ``kernel`` decays with, ``(n_a, n_b)`` for ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``:
+    ``mean |a_i - b_j|`` (``"laplacian"``) or ``mean (a_i - b_j)²`` (``"gaussian"``) over the features."""
+    power = {"laplacian": 1, "gaussian": 2}[kernel]
+    return torch.cat([torch.cdist(chunk, b, p=power) ** power for chunk in a.split(_CHUNK_ROWS)]) / a.shape[1]
 
 
-def laplacian_kernel(a: torch.Tensor, b: torch.Tensor, width: float) -> torch.Tensor:
-    """``exp(-width * mean |a_i - b_j|)`` ``(n_a, n_b)`` for features ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``."""
-    return torch.exp(-width * mean_absolute_distances(a, b))
+def kernel_matrix(a: torch.Tensor, b: torch.Tensor, kernel: str, width: float) -> torch.Tensor:
+    """``exp(-width * distance)`` ``(n_a, n_b)`` for features ``a`` ``(n_a, f)`` and ``b`` ``(n_b, f)``, the
+    distance of ``kernel`` (:func:`mean_distances`)."""
+    return torch.exp(-width * mean_distances(a, b, kernel))
 
 
 class KernelHead(nn.Module):
@@ -45,13 +52,15 @@ class KernelHead(nn.Module):
     ``base`` supplies the standardisation of the readouts (fitted on the training readouts) and is kept
     so that a warm start can train on from it. ``train_features`` ``(n, f)`` are the training rows'
     standardised features, ``coef`` ``(n, k)`` the ridge solution and ``offset`` ``(k,)`` the training
-    targets' mean: the outputs of readouts ``(B, f)`` are ``kernel(features, train_features) @ coef + offset``.
+    targets' mean: the outputs of readouts ``(B, f)`` are ``kernel(features, train_features) @ coef + offset``,
+    with ``kernel`` one of :data:`KERNELS`.
     """
 
     def __init__(self, base: LinearHead, train_features: torch.Tensor, coef: torch.Tensor, offset: torch.Tensor,
-                 width: float, penalty: float):
+                 kernel: str, width: float, penalty: float):
         super().__init__()
         self.base = base
+        self.kernel = kernel
         self.register_buffer("train_features", train_features)
         self.register_buffer("coef", coef)
         self.register_buffer("offset", offset)
@@ -60,42 +69,53 @@ class KernelHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         features = standardised(self.base, hidden).to(self.train_features.dtype)
-        return laplacian_kernel(features, self.train_features, self.width.item()) @ self.coef + self.offset
+        return kernel_matrix(features, self.train_features, self.kernel, self.width.item()) @ self.coef + self.offset
 
     @classmethod
     def fit(cls, base: LinearHead, readouts: torch.Tensor, targets: torch.Tensor,
             groups: np.ndarray | None = None) -> tuple["KernelHead", float]:
         """Fit to the training rows' ``readouts`` ``(n, f)`` and regression ``targets`` ``(n,)`` or ``(n, k)``
-        by squared error; the width and penalty of least cross-validated squared error over
-        :data:`KERNEL_WIDTHS` and :data:`KERNEL_PENALTIES` (:data:`~chemtag.heads.PROBE_FOLDS` folds,
-        ``groups`` ``(n,)`` keeping copies of one input in one fold), or :data:`DEFAULT_WIDTH` and
-        :data:`DEFAULT_PENALTY` with fewer than two rows a fold or fewer groups than folds. Returns the head
-        and that error (mean over rows and outputs, in the targets' units squared; NaN without
-        cross-validation)."""
+        by squared error; the kernel, width and penalty of least cross-validated squared error over
+        :data:`KERNELS`, their :data:`KERNEL_WIDTHS` and :data:`KERNEL_PENALTIES`
+        (:data:`~chemtag.heads.PROBE_FOLDS` folds, ``groups`` ``(n,)`` keeping copies of one input in one
+        fold), or :data:`DEFAULT_KERNEL`, :data:`DEFAULT_WIDTH` and :data:`DEFAULT_PENALTY` with fewer than
+        two rows a fold or fewer groups than folds. Returns the head and that error (mean over rows and
+        outputs, in the targets' units squared; NaN without cross-validation)."""
         with torch.no_grad():
             features = standardised(base, readouts).double()
         y = targets.reshape(len(targets), -1).to(features)
-        distances = mean_absolute_distances(features, features)  # shared by every width and the final fit
         group_of_row = group_index(groups, len(y))
         if len(y) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS:
             fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
-            error, width, penalty = min(_cross_validated_errors(distances, y, fold))
+            best = None
+            for kernel in KERNELS:  # each kernel's distances serve all its widths, and the final fit if it wins
+                candidate = mean_distances(features, features, kernel)
+                error, width, penalty = min(_cross_validated_errors(candidate, y, fold, KERNEL_WIDTHS[kernel]))
+                if best is None or error < best[0]:
+                    best, distances = (error, kernel, width, penalty), candidate
+                del candidate
+            error, kernel, width, penalty = best
         else:
-            error, width, penalty = float("nan"), DEFAULT_WIDTH, DEFAULT_PENALTY
+            error, kernel, width, penalty = float("nan"), DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY
+            distances = mean_distances(features, features, kernel)
         coef = _ridge(torch.exp(-width * distances), y - y.mean(dim=0), penalty)
-        head = cls(base, features.float(), coef.float(), y.mean(dim=0).float(), width, penalty)
+        head = cls(base, features.float(), coef.float(), y.mean(dim=0).float(), kernel, width, penalty)
         return head, error
 
     def kernel_state(self) -> dict[str, torch.Tensor]:
-        """The kernel's tensors, named with :data:`KERNEL_STATE_PREFIX` (the base head's are its own)."""
+        """The kernel's tensors, named with :data:`KERNEL_STATE_PREFIX` (the base head's are its own); the
+        kernel is its index in :data:`KERNELS`."""
         names = ("train_features", "coef", "offset", "width", "penalty")
-        return {KERNEL_STATE_PREFIX + name: getattr(self, name) for name in names}
+        state = {KERNEL_STATE_PREFIX + name: getattr(self, name) for name in names}
+        return state | {KERNEL_STATE_PREFIX + "kernel_index": torch.tensor(KERNELS.index(self.kernel))}
 
     @classmethod
     def from_state(cls, base: LinearHead, state: dict[str, torch.Tensor]) -> "KernelHead":
-        """The head of :meth:`kernel_state` ``state`` on ``base``."""
+        """The head of :meth:`kernel_state` ``state`` on ``base`` (:data:`DEFAULT_KERNEL` where ``state``
+        names none)."""
         kernel = {name.removeprefix(KERNEL_STATE_PREFIX): value for name, value in state.items()}
-        return cls(base, kernel["train_features"], kernel["coef"], kernel["offset"], kernel["width"].item(),
+        kind = KERNELS[int(kernel["kernel_index"])] if "kernel_index" in kernel else DEFAULT_KERNEL
+        return cls(base, kernel["train_features"], kernel["coef"], kernel["offset"], kind, kernel["width"].item(),
                    kernel["penalty"].item())
 
 
@@ -133,13 +153,14 @@ def _ridge(kernel: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tenso
     return torch.cholesky_solve(y, torch.linalg.cholesky(regularised))
 
 
-def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
-    """``(error, width, penalty)`` for every pair of the grids, from the rows' :func:`mean_absolute_distances`
-    ``(n, n)``: the mean squared error over the held-out rows of each fold. One eigendecomposition per
-    width and fold solves every penalty."""
-    errors = torch.zeros(len(KERNEL_WIDTHS), len(KERNEL_PENALTIES), dtype=distances.dtype, device=distances.device)
+def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torch.Tensor,
+                            widths: tuple[float, ...]):
+    """``(error, width, penalty)`` for every width of ``widths`` and penalty of :data:`KERNEL_PENALTIES`, from
+    the rows' :func:`mean_distances` ``(n, n)``: the mean squared error over the held-out rows of each fold.
+    One eigendecomposition per width and fold solves every penalty."""
+    errors = torch.zeros(len(widths), len(KERNEL_PENALTIES), dtype=distances.dtype, device=distances.device)
     penalties = torch.tensor(KERNEL_PENALTIES, dtype=distances.dtype, device=distances.device)
-    for w, width in enumerate(KERNEL_WIDTHS):
+    for w, width in enumerate(widths):
         kernel = torch.exp(-width * distances)
         for k in range(PROBE_FOLDS):
             fitted, held = fold != k, fold == k
@@ -151,6 +172,6 @@ def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torc
                 predicted = across @ (projected / (eigenvalues.clamp(min=0) + penalty)[:, None]) + offset
                 errors[w, p] += (predicted - y[held]).square().sum()
     errors /= y.numel()
-    for w, width in enumerate(KERNEL_WIDTHS):
+    for w, width in enumerate(widths):
         for p, penalty in enumerate(KERNEL_PENALTIES):
             yield errors[w, p].item(), width, penalty

@@ -10,9 +10,9 @@ import torch
 import chemtag.estimators._base as estimator_base
 from chemtag import QEDRegressor, kernel_head
 from chemtag.heads import LinearHead
-from chemtag.kernel_head import (DEFAULT_PENALTY, DEFAULT_WIDTH, KERNEL_PENALTIES, KERNEL_WIDTHS, KernelHead,
-                                 _cross_validated_errors, _ridge, laplacian_kernel, mean_absolute_distances,
-                                 standardised)
+from chemtag.kernel_head import (DEFAULT_KERNEL, DEFAULT_PENALTY, DEFAULT_WIDTH, KERNEL_PENALTIES,
+                                 KERNEL_STATE_PREFIX, KERNEL_WIDTHS, KERNELS, KernelHead, _cross_validated_errors,
+                                 _ridge, kernel_matrix, mean_distances, standardised)
 from chemtag.losses import squared_error
 
 FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
@@ -26,10 +26,12 @@ def _fitted_base(readouts: torch.Tensor, targets: torch.Tensor) -> LinearHead:
     return base
 
 
-def test_the_laplacian_kernel_is_one_at_zero_distance_and_decays_with_the_mean_absolute_difference():
+@pytest.mark.parametrize("kernel, distance", [("laplacian", (1 + 3) / 2), ("gaussian", (1 + 9) / 2)])
+def test_kernels_are_one_at_zero_distance_and_decay_with_the_mean_absolute_or_squared_difference(kernel, distance):
     a = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
-    kernel = laplacian_kernel(a, a, width=2.0)
-    torch.testing.assert_close(kernel, torch.tensor([[1.0, np.exp(-4.0)], [np.exp(-4.0), 1.0]], dtype=torch.float32))
+    off = np.exp(-2.0 * distance)
+    torch.testing.assert_close(kernel_matrix(a, a, kernel, width=2.0),
+                               torch.tensor([[1.0, off], [off, 1.0]], dtype=torch.float32))
 
 
 def test_the_kernel_head_fits_a_function_the_linear_head_cannot():
@@ -45,16 +47,18 @@ def test_the_kernel_head_fits_a_function_the_linear_head_cannot():
         assert squared_error(head(readouts[test]), targets[test]).item() < 0.6 * variance
 
 
-def test_cross_validation_scores_each_width_and_penalty_as_a_ridge_fit_per_fold_would():
+@pytest.mark.parametrize("kernel_name", KERNELS)
+def test_cross_validation_scores_each_width_and_penalty_as_a_ridge_fit_per_fold_would(kernel_name):
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(40, 3, generator=generator, dtype=torch.float64)
     y = torch.randn(40, 1, generator=generator, dtype=torch.float64)
     fold = torch.arange(40) % 5
-    distances = mean_absolute_distances(features, features)
-    errors = {(width, penalty): error for error, width, penalty in _cross_validated_errors(distances, y, fold)}
-    assert set(errors) == {(w, p) for w in KERNEL_WIDTHS for p in KERNEL_PENALTIES}
-    width, penalty = KERNEL_WIDTHS[1], KERNEL_PENALTIES[3]
-    kernel = laplacian_kernel(features, features, width)
+    widths = KERNEL_WIDTHS[kernel_name]
+    distances = mean_distances(features, features, kernel_name)
+    errors = {(width, penalty): error for error, width, penalty in _cross_validated_errors(distances, y, fold, widths)}
+    assert set(errors) == {(w, p) for w in widths for p in KERNEL_PENALTIES}
+    width, penalty = widths[1], KERNEL_PENALTIES[3]
+    kernel = kernel_matrix(features, features, kernel_name, width)
     squared = 0.0
     for k in range(5):
         fitted, held = fold != k, fold == k
@@ -78,7 +82,31 @@ def test_groups_keep_copies_of_a_row_out_of_each_others_folds():
 def test_with_too_few_groups_to_cross_validate_the_kernel_head_takes_the_default_width_and_penalty():
     readouts, targets = torch.randn(12, 3), torch.randn(12)
     head, error = KernelHead.fit(_fitted_base(readouts, targets), readouts, targets, groups=np.arange(12) % 4)
-    assert (head.width.item(), head.penalty.item()) == (DEFAULT_WIDTH, DEFAULT_PENALTY) and np.isnan(error)
+    assert (head.kernel, head.width.item(), head.penalty.item()) == (DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY)
+    assert np.isnan(error)
+
+
+def test_the_fit_takes_the_kernel_width_and_penalty_of_least_cross_validated_error_over_both_kernels():
+    generator = torch.Generator().manual_seed(4)
+    readouts = torch.randn(200, 8, generator=generator)
+    targets = readouts[:, 0] * readouts[:, 1]
+    base = _fitted_base(readouts, targets)
+    head, error = KernelHead.fit(base, readouts, targets)
+    features, y, fold = standardised(base, readouts).double(), targets[:, None].double(), torch.arange(200) % 5
+    scores = {(kernel, width, penalty): score for kernel in KERNELS for score, width, penalty in
+              _cross_validated_errors(mean_distances(features, features, kernel), y, fold, KERNEL_WIDTHS[kernel])}
+    best = min(scores, key=scores.get)
+    assert (head.kernel, head.width.item(), head.penalty.item()) == best and error == scores[best]
+    assert best[0] != DEFAULT_KERNEL, "on these rows the other kernel wins, so a fit that ignored it would fail"
+
+
+def test_a_kernel_head_saved_before_the_kernel_was_a_choice_loads_as_laplacian():
+    readouts, targets = torch.randn(40, 3), torch.randn(40)
+    base = _fitted_base(readouts, targets)
+    head, _ = KernelHead.fit(base, readouts, targets)
+    state = {name: value for name, value in head.kernel_state().items() if name != KERNEL_STATE_PREFIX + "kernel_index"}
+    assert KernelHead.from_state(base, state).kernel == "laplacian"
+    assert KernelHead.from_state(base, head.kernel_state()).kernel == head.kernel
 
 
 def test_the_kernel_head_reads_the_base_heads_standardised_features():
@@ -95,7 +123,7 @@ def test_the_kernel_head_reads_the_base_heads_standardised_features():
 def test_an_estimator_with_the_kernel_head_predicts_the_same_after_pickle_and_save(tmp_path):
     model = QEDRegressor(head="kernel", **FAST).fit(SMILES, TARGETS)
     assert model.head_["kernel.train_features"].shape[0] == len(SMILES)
-    assert model.head_["kernel.width"].item() in KERNEL_WIDTHS
+    assert model.head_["kernel.width"].item() in KERNEL_WIDTHS[KERNELS[model.head_["kernel.kernel_index"].item()]]
     expected = model.predict(SMILES)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(SMILES), expected)
     np.testing.assert_array_equal(QEDRegressor.load(model.save(tmp_path / "model")).predict(SMILES), expected)

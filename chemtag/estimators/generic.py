@@ -114,10 +114,11 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     head : {"linear", "kernel"}
         The head that predicts from the trained tags' states. ``"linear"`` is trained with the tags and
         stores ``(1 + fields * layers) * d + 1`` numbers. ``"kernel"`` then replaces it by kernel ridge
-        (Laplacian kernel on the linear head's standardised inputs, squared error whatever ``loss``; width
-        and penalty by 5-fold cross-validation over all training rows): one more pass over the training
-        rows, an exact fit costing ``n²`` memory and ``n³`` time in ``n`` training rows, and a fitted model
-        that keeps every training row's state (``4 * (1 + fields * layers) * d`` bytes a row). It reads
+        (Laplacian or Gaussian kernel on the linear head's standardised inputs, squared error whatever
+        ``loss``; kernel, width and penalty by 5-fold cross-validation over all training rows): one more pass
+        over the training rows, an exact fit costing ``n²`` memory and ``n³`` time in ``n`` training rows,
+        and a fitted model that keeps every training row's state (``4 * (1 + fields * layers) * d`` bytes a
+        row). It reads
         nonlinear structure the linear head misses, most where test inputs resemble training inputs (see
         docs/training.md); meant for up to about ten thousand training rows.
 
