@@ -87,14 +87,7 @@ class KernelHead(nn.Module):
         group_of_row = group_index(groups, len(y))
         if len(y) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS:
             fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
-            best = None
-            for kernel in KERNELS:  # each kernel's distances serve all its widths, and the final fit if it wins
-                candidate = mean_distances(features, features, kernel)
-                error, width, penalty = min(_cross_validated_errors(candidate, y, fold, KERNEL_WIDTHS[kernel]))
-                if best is None or error < best[0]:
-                    best, distances = (error, kernel, width, penalty), candidate
-                del candidate
-            error, kernel, width, penalty = best
+            (error, kernel, width, penalty), distances = _cross_validated_choice(features, y, fold)
         else:
             error, kernel, width, penalty = float("nan"), DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY
             distances = mean_distances(features, features, kernel)
@@ -151,6 +144,20 @@ def _ridge(kernel: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tenso
     """``(kernel + penalty * I)^-1 y`` for a kernel ``(n, n)`` and targets ``(n, k)``."""
     regularised = kernel + penalty * torch.eye(len(kernel), dtype=kernel.dtype, device=kernel.device)
     return torch.cholesky_solve(y, torch.linalg.cholesky(regularised))
+
+
+def _cross_validated_choice(features: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
+    """``(error, kernel, width, penalty)`` of least cross-validated error over :data:`KERNELS` and their grids,
+    and that kernel's :func:`mean_distances` ``(n, n)`` of the rows ``features`` ``(n, f)`` for the final fit
+    (each kernel's distances serve all its widths; at most two are held at once)."""
+    best, best_distances = None, None
+    for kernel in KERNELS:
+        distances = mean_distances(features, features, kernel)
+        error, width, penalty = min(_cross_validated_errors(distances, y, fold, KERNEL_WIDTHS[kernel]))
+        if best is None or error < best[0]:
+            best, best_distances = (error, kernel, width, penalty), distances
+        del distances
+    return best, best_distances
 
 
 def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torch.Tensor,
