@@ -118,9 +118,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         ``loss``; kernel, width and penalty by 5-fold cross-validation over all training rows): one more pass
         over the training rows, an exact fit costing ``n²`` memory and ``n³`` time in ``n`` training rows,
         and a fitted model that keeps every training row's state (``4 * (1 + fields * layers) * d`` bytes a
-        row). It reads
-        nonlinear structure the linear head misses, most where test inputs resemble training inputs (see
-        docs/training.md); meant for up to about ten thousand training rows.
+        row). It reads nonlinear structure the linear head misses, most where test inputs resemble training
+        inputs (see docs/training.md); meant for up to about ten thousand training rows.
 
     Attributes
     ----------
