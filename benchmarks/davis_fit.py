@@ -14,7 +14,8 @@ whose fingerprint the code computes differently is refused.
         --out benchmarks/results/ba-davis-full-fit.json
 
 Writes JSON: the command, machine, settings, every epoch's losses and seconds, the segments, and the
-test metrics (MSE, concordance index, Pearson, Spearman) of chemtag and of the mean predictor.
+test metrics (MSE, concordance index, Pearson, Spearman) of chemtag, of the mean predictor and of the
+``--baselines`` (benchmark methods such as ``gbm``, fitted after chemtag on the same rows, in the same run).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.methods import METHODS, Context
 from benchmarks.runner import evaluate, machine
 from benchmarks.splits import subsample
-from benchmarks.tasks import DATA_DIR, TASKS
+from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS
 from chemtag import BindingAffinityRegressor
 from chemtag.backbones import DEFAULT_BACKBONE
 from chemtag.checkpoint import latest_checkpoint, saved_progress
@@ -92,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--n-train", type=int, help="seeded subset of the training pairs (default: all)")
     parser.add_argument("--n-test", type=int, help="seeded subset of the test pairs (default: all)")
-    parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--head", choices=("linear", "kernel"), default="linear", help="the estimator's head")
+    parser.add_argument("--baselines", type=lambda names: names.split(","), default=[],
+                        help="comma-separated benchmark methods to fit and score beside chemtag, e.g. gbm")
+    parser.add_argument("--max-epochs", type=int, default=20, help="0 fits the head alone to the untrained tags")
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--fp32", action="store_true", help="float32 compute (default: bfloat16 autocast)")
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if unknown := [name for name in args.baselines if name not in METHODS]:
+        parser.error(f"unknown baselines {unknown}; choose among {sorted(METHODS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     segments = read_segments(args.checkpoint_dir)
     estimator = BindingAffinityRegressor(
-        backbone=args.backbone, max_epochs=args.max_epochs, patience=args.patience, batch_size=args.batch_size,
+        backbone=args.backbone, head=args.head, max_epochs=args.max_epochs, patience=args.patience,
+        batch_size=args.batch_size,
         bf16=not args.fp32, protein_alphabet="extended", cache_memory_bytes=int(args.memory_gib * 2**30),
         checkpoint_dir=args.checkpoint_dir, random_state=args.seed, verbose=1)
     print(f"{len(train):,} training pairs, {len(test):,} test pairs; segment {len(segments) + 1}", flush=True)
@@ -143,11 +151,20 @@ def main(argv: list[str] | None = None) -> dict:
     predictions = estimator.predict(test[["Target", "Drug"]])
     predict_seconds = time.perf_counter() - fitted_at
     scoring = task.scoring()
+    baselines, baseline_seconds = {}, {}
+    context = Context(task, BUDGETS["full"], task.rows("full"), args.seed, args.backbone, args.data_dir)
+    for name in args.baselines:
+        baseline_started = time.perf_counter()
+        model = METHODS[name].build(context).fit(train[list(task.inputs)], y_train)
+        baselines[name] = evaluate(task, scoring, y_test, model.predict(test[list(task.inputs)]))
+        baseline_seconds[name] = time.perf_counter() - baseline_started
+        print(f"{name}: {baselines[name]} in {baseline_seconds[name]:.0f}s", flush=True)
     epochs = [record for record in estimator.history_ if record["epoch"] > 0]  # epoch 0: the head's probe
     results = {
         "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": date.today().isoformat(), "machine": machine(), "backbone": args.backbone,
-        "settings": {"bf16": not args.fp32, "batch_size": args.batch_size, "max_epochs": args.max_epochs,
+        "settings": {"head": args.head, "bf16": not args.fp32, "batch_size": args.batch_size,
+                     "max_epochs": args.max_epochs,
                      "patience": args.patience, "memory_gib": args.memory_gib, "seed": args.seed},
         "n_train": len(train), "n_test": len(test),
         "history": estimator.history_,
@@ -157,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_0_seconds": estimator.history_[0]["seconds"],
         "predict_seconds": predict_seconds,
         "test": {"chemtag": evaluate(task, scoring, y_test, predictions),
-                 "mean": evaluate(task, scoring, y_test, np.full(len(y_test), y_train.mean()))},
+                 "mean": evaluate(task, scoring, y_test, np.full(len(y_test), y_train.mean())), **baselines},
+        "baseline_seconds": baseline_seconds,
     }
     print(json.dumps(results["test"], indent=1))
     if args.out:

@@ -3,8 +3,10 @@ every training row's state (see docs/training.md, "Would a nonlinear head read m
 
 The kernel acts on the linear head's standardised features: Laplacian, ``k(a, b) = exp(-width * mean |a - b|)``,
 or Gaussian, ``k(a, b) = exp(-width * mean (a - b)²)``, the mean over the features. The kernel, its width and
-the ridge penalty are chosen by cross-validation over the training rows; the fit is exact, so it costs ``n²``
-memory and ``n³`` time in the number of training rows ``n``.
+the ridge penalty are chosen by cross-validation over the training rows. Up to :data:`KERNEL_LANDMARKS`
+training rows the fit is exact, costing ``n²`` memory and ``n³`` time in the number of training rows ``n``;
+beyond, it is Nyström's approximation (the subset of regressors): the predictor is a kernel expansion over
+``m`` landmark rows drawn at random, fitted to all ``n`` rows, costing ``n·m`` memory and ``n·m²`` time.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY = "laplacian", 1.0, 1e-2
 penalty); also the kernel of heads saved before the Gaussian kernel was a choice."""
 KERNEL_STATE_PREFIX = "kernel."
 """Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
+KERNEL_LANDMARKS = 4096
+"""Training rows up to which the fit is exact; a larger fit is Nyström's over this many landmark rows."""
 KERNEL_BYTES_PER_ENTRY = 40
-"""Memory an exact fit holds per entry of the ``n x n`` kernel: float64 distances of the best kernel so far
-and of the one being cross-validated, kernel, a fold's sub-kernel and its eigenvectors."""
+"""Memory a fit holds per entry of its ``n x m`` kernel (``m = n`` exact): float64 distances of the best kernel
+so far and of the one being cross-validated, kernel, and a fold's sub-kernel and its eigenvectors (exact) or
+the Nyström features and their solutions (approximate)."""
 _CHUNK_ROWS = 1024
 """Rows of ``a`` per block of the kernel matrix (bounds the memory of the distance computation)."""
 
@@ -50,10 +55,10 @@ class KernelHead(nn.Module):
     """Kernel ridge over the training rows' standardised features, on top of a fitted :class:`LinearHead`.
 
     ``base`` supplies the standardisation of the readouts (fitted on the training readouts) and is kept
-    so that a warm start can train on from it. ``train_features`` ``(n, f)`` are the training rows'
-    standardised features, ``coef`` ``(n, k)`` the ridge solution and ``offset`` ``(k,)`` the training
-    targets' mean: the outputs of readouts ``(B, f)`` are ``kernel(features, train_features) @ coef + offset``,
-    with ``kernel`` one of :data:`KERNELS`.
+    so that a warm start can train on from it. ``train_features`` ``(m, f)`` are the standardised features
+    of the rows the kernel expands over (all ``n`` training rows, or ``m`` landmarks of them), ``coef``
+    ``(m, k)`` the ridge solution and ``offset`` ``(k,)`` the training targets' mean: the outputs of readouts
+    ``(B, f)`` are ``kernel(features, train_features) @ coef + offset``, with ``kernel`` one of :data:`KERNELS`.
     """
 
     def __init__(self, base: LinearHead, train_features: torch.Tensor, coef: torch.Tensor, offset: torch.Tensor,
@@ -73,26 +78,31 @@ class KernelHead(nn.Module):
 
     @classmethod
     def fit(cls, base: LinearHead, readouts: torch.Tensor, targets: torch.Tensor,
-            groups: np.ndarray | None = None) -> tuple["KernelHead", float]:
+            groups: np.ndarray | None = None, seed: int | None = None) -> tuple["KernelHead", float]:
         """Fit to the training rows' ``readouts`` ``(n, f)`` and regression ``targets`` ``(n,)`` or ``(n, k)``
         by squared error; the kernel, width and penalty of least cross-validated squared error over
         :data:`KERNELS`, their :data:`KERNEL_WIDTHS` and :data:`KERNEL_PENALTIES`
         (:data:`~chemtag.heads.PROBE_FOLDS` folds, ``groups`` ``(n,)`` keeping copies of one input in one
         fold), or :data:`DEFAULT_KERNEL`, :data:`DEFAULT_WIDTH` and :data:`DEFAULT_PENALTY` with fewer than
-        two rows a fold or fewer groups than folds. Returns the head and that error (mean over rows and
-        outputs, in the targets' units squared; NaN without cross-validation)."""
+        two rows a fold or fewer groups than folds. Beyond :data:`KERNEL_LANDMARKS` rows, that many landmarks
+        are drawn with ``seed``. Returns the head and that error (mean over rows and outputs, in the targets'
+        units squared; NaN without cross-validation)."""
         with torch.no_grad():
             features = standardised(base, readouts).double()
         y = targets.reshape(len(targets), -1).to(features)
+        landmarks = _landmarks(len(y), seed, features.device)
         group_of_row = group_index(groups, len(y))
         if len(y) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS:
             fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
-            (error, kernel, width, penalty), distances = _cross_validated_choice(features, y, fold)
+            (error, kernel, width, penalty), distances = _cross_validated_choice(features, y, fold, landmarks)
         else:
             error, kernel, width, penalty = float("nan"), DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY
-            distances = mean_distances(features, features, kernel)
-        coef = _ridge(torch.exp(-width * distances), y - y.mean(dim=0), penalty)
-        head = cls(base, features.float(), coef.float(), y.mean(dim=0).float(), kernel, width, penalty)
+            distances = mean_distances(features, features[landmarks], kernel)
+        kernel_rows = torch.exp(-width * distances)
+        centred = y - y.mean(dim=0)
+        coef = (_ridge(kernel_rows, centred, penalty) if len(landmarks) == len(y)
+                else _nystrom_ridge(kernel_rows, landmarks, centred, penalty))
+        head = cls(base, features[landmarks].float(), coef.float(), y.mean(dim=0).float(), kernel, width, penalty)
         return head, error
 
     def kernel_state(self) -> dict[str, torch.Tensor]:
@@ -115,10 +125,12 @@ class KernelHead(nn.Module):
 def check_kernel_memory(n_rows: int, device: torch.device) -> None:
     """Refuse, before any compute, a fit over ``n_rows`` training rows whose kernels would not fit the free
     memory of ``device`` (not checked where that is unknown)."""
-    needed, free = KERNEL_BYTES_PER_ENTRY * n_rows**2, free_memory_bytes(device)
+    n_landmarks = min(n_rows, KERNEL_LANDMARKS)
+    needed, free = KERNEL_BYTES_PER_ENTRY * n_rows * n_landmarks, free_memory_bytes(device)
     if free is not None and needed > free:
-        raise ValueError(f"head='kernel' fits exactly over all {n_rows:,} training rows and needs about "
-                         f"{needed / 2**30:.1f} GiB for it (n² float64 kernels), more than the {free / 2**30:.1f} "
+        fit = ("exactly" if n_landmarks == n_rows else f"with {n_landmarks:,} landmark rows")
+        raise ValueError(f"head='kernel' fits {fit} over all {n_rows:,} training rows and needs about "
+                         f"{needed / 2**30:.1f} GiB for it (float64 kernels), more than the {free / 2**30:.1f} "
                          f"GiB free on {device}. Use head='linear', or fewer training rows.")
 
 
@@ -141,23 +153,78 @@ def standardised(base: LinearHead, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _ridge(kernel: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """``(kernel + penalty * I)^-1 y`` for a kernel ``(n, n)`` and targets ``(n, k)``."""
+    """``(kernel + penalty * I)^-1 y`` for a kernel or Gram matrix ``(n, n)`` and targets ``(n, k)``."""
     regularised = kernel + penalty * torch.eye(len(kernel), dtype=kernel.dtype, device=kernel.device)
     return torch.cholesky_solve(y, torch.linalg.cholesky(regularised))
 
 
-def _cross_validated_choice(features: torch.Tensor, y: torch.Tensor, fold: torch.Tensor):
+def _landmarks(n_rows: int, seed: int | None, device: torch.device) -> torch.Tensor:
+    """The rows ``(m,)`` the kernel expands over: all ``n_rows`` up to :data:`KERNEL_LANDMARKS`, else that many
+    drawn without replacement with ``seed`` (in increasing order)."""
+    if n_rows <= KERNEL_LANDMARKS:
+        return torch.arange(n_rows, device=device)
+    drawn = np.random.default_rng(seed).choice(n_rows, KERNEL_LANDMARKS, replace=False)
+    return torch.from_numpy(np.sort(drawn)).to(device)
+
+
+def _nystrom_basis(landmark_kernel: torch.Tensor) -> torch.Tensor:
+    """``(m, r)`` map from kernel values against ``m`` landmarks to Nyström features, ``U S^-1/2`` for the
+    landmarks' kernel ``(m, m)`` ``= U S Uᵀ``, over its ``r`` eigenvalues above 1e-12 of the largest: the
+    features' inner products reproduce the kernel as seen through the landmarks."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(landmark_kernel)
+    kept = eigenvalues > 1e-12 * eigenvalues[-1]
+    return eigenvectors[:, kept] / eigenvalues[kept].sqrt()
+
+
+def _nystrom_ridge(kernel_rows: torch.Tensor, landmarks: torch.Tensor, y: torch.Tensor,
+                   penalty: float) -> torch.Tensor:
+    """Coefficients ``(m, k)`` over the landmarks of the ridge fit to targets ``y`` ``(n, k)`` of all rows,
+    from every row's kernel against the landmarks ``(n, m)``: minimises ``|y - K a|² + penalty aᵀ K_mm a``
+    (exact kernel ridge where the landmarks are all rows)."""
+    basis = _nystrom_basis(kernel_rows[landmarks])
+    features = kernel_rows @ basis
+    return basis @ _ridge(features.T @ features, features.T @ y, penalty)
+
+
+def _cross_validated_choice(features: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, landmarks: torch.Tensor):
     """``(error, kernel, width, penalty)`` of least cross-validated error over :data:`KERNELS` and their grids,
-    and that kernel's :func:`mean_distances` ``(n, n)`` of the rows ``features`` ``(n, f)`` for the final fit
-    (each kernel's distances serve all its widths; at most two are held at once)."""
+    and that kernel's :func:`mean_distances` ``(n, m)`` from the rows ``features`` ``(n, f)`` to the rows
+    ``landmarks`` ``(m,)`` of them for the final fit (each kernel's distances serve all its widths; at most
+    two are held at once)."""
+    exact = len(landmarks) == len(y)
     best, best_distances = None, None
     for kernel in KERNELS:
-        distances = mean_distances(features, features, kernel)
-        error, width, penalty = min(_cross_validated_errors(distances, y, fold, KERNEL_WIDTHS[kernel]))
+        distances = mean_distances(features, features[landmarks], kernel)
+        widths = KERNEL_WIDTHS[kernel]
+        errors = (_cross_validated_errors(distances, y, fold, widths) if exact
+                  else _nystrom_cross_validated_errors(distances, landmarks, y, fold, widths))
+        error, width, penalty = min(errors)
         if best is None or error < best[0]:
             best, best_distances = (error, kernel, width, penalty), distances
         del distances
     return best, best_distances
+
+
+def _nystrom_cross_validated_errors(distances: torch.Tensor, landmarks: torch.Tensor, y: torch.Tensor,
+                                    fold: torch.Tensor, widths: tuple[float, ...]):
+    """As :func:`_cross_validated_errors` for Nyström's fit, from the rows' distances to the landmarks
+    ``(n, m)``: each fold's ridge is fitted to the other folds' rows over all landmarks (chosen without
+    the targets). One Gram matrix of Nyström features per width serves every fold."""
+    errors = torch.zeros(len(widths), len(KERNEL_PENALTIES), dtype=distances.dtype, device=distances.device)
+    for w, width in enumerate(widths):
+        kernel_rows = torch.exp(-width * distances)
+        features = kernel_rows @ _nystrom_basis(kernel_rows[landmarks])  # (n, r)
+        del kernel_rows
+        gram = features.T @ features
+        for k in range(PROBE_FOLDS):
+            fitted, held = fold != k, fold == k
+            offset = y[fitted].mean(dim=0)
+            fold_gram = gram - features[held].T @ features[held]
+            projected = features[fitted].T @ (y[fitted] - offset)
+            for p, penalty in enumerate(KERNEL_PENALTIES):
+                predicted = features[held] @ _ridge(fold_gram, projected, penalty) + offset
+                errors[w, p] += (predicted - y[held]).square().sum()
+    return _scored(errors / y.numel(), widths)
 
 
 def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torch.Tensor,
@@ -178,7 +245,10 @@ def _cross_validated_errors(distances: torch.Tensor, y: torch.Tensor, fold: torc
             for p, penalty in enumerate(penalties):
                 predicted = across @ (projected / (eigenvalues.clamp(min=0) + penalty)[:, None]) + offset
                 errors[w, p] += (predicted - y[held]).square().sum()
-    errors /= y.numel()
-    for w, width in enumerate(widths):
-        for p, penalty in enumerate(KERNEL_PENALTIES):
-            yield errors[w, p].item(), width, penalty
+    return _scored(errors / y.numel(), widths)
+
+
+def _scored(errors: torch.Tensor, widths: tuple[float, ...]) -> list[tuple[float, float, float]]:
+    """``(error, width, penalty)`` for each entry of ``errors`` ``(widths, penalties)``."""
+    return [(errors[w, p].item(), width, penalty)
+            for w, width in enumerate(widths) for p, penalty in enumerate(KERNEL_PENALTIES)]

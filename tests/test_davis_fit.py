@@ -77,3 +77,19 @@ def test_a_fit_stopped_by_ctrl_c_writes_no_result_and_the_next_run_resumes_it(da
     assert [segment["epochs"] for segment in resumed["segments"]] == [[0, 1], [2]]
     assert [segment["resumed_after"] for segment in resumed["segments"]] == [None, 1]
     assert not resumed["segments"][1]["interrupted"] and (tmp_path / "r.json").exists()
+
+
+def test_the_kernel_head_on_untrained_tags_is_scored_beside_the_baselines_of_the_same_run(davis_slice, tmp_path):
+    results = run(davis_slice, tmp_path / "fit", "--head", "kernel", "--max-epochs", "0", "--baselines",
+                  "gbm,random-forest")
+    assert [record["epoch"] for record in results["history"]] == [0]
+    assert results["settings"]["head"] == "kernel"
+    assert set(results["test"]) == {"chemtag", "mean", "gbm", "random-forest"}
+    assert set(results["baseline_seconds"]) == {"gbm", "random-forest"}
+    assert all(np.isfinite(scores["mse"]) for scores in results["test"].values())
+
+
+def test_an_unknown_baseline_is_refused_before_fitting(davis_slice, tmp_path):
+    with pytest.raises(SystemExit):
+        run(davis_slice, tmp_path / "fit", "--baselines", "gbm,xgboost")
+    assert not (tmp_path / "fit").exists()

@@ -106,6 +106,17 @@ def test_seeded_fits_predict_identically():
     np.testing.assert_array_equal(first, second)
 
 
+def test_zero_epochs_fit_the_head_alone_to_the_tags_as_they_stand():
+    untrained = QEDRegressor(random_state=0, **{**FAST, "max_epochs": 0})
+    trained = QEDRegressor(random_state=0, **FAST).fit(SMILES, TARGETS)
+    tag = untrained.fit(SMILES, TARGETS).tags_["QED"].vectors
+    assert [record["epoch"] for record in untrained.history_] == [0]
+    assert untrained.history_[0] == {**trained.history_[0], "seconds": untrained.history_[0]["seconds"]}
+    assert not torch.equal(tag, trained.tags_["QED"].vectors)
+    torch.testing.assert_close(untrained.fit(SMILES, TARGETS[::-1].copy()).tags_["QED"].vectors, tag)
+    assert np.isfinite(untrained.predict(SMILES)).all()
+
+
 def test_warm_start_continues_training():
     model = QEDRegressor(warm_start=True, **FAST).fit(SMILES, TARGETS)
     before = model.tags_["QED"].vectors.clone()

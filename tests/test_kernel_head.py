@@ -12,7 +12,8 @@ from chemtag import QEDRegressor, kernel_head
 from chemtag.heads import LinearHead
 from chemtag.kernel_head import (DEFAULT_KERNEL, DEFAULT_PENALTY, DEFAULT_WIDTH, KERNEL_PENALTIES,
                                  KERNEL_STATE_PREFIX, KERNEL_WIDTHS, KERNELS, KernelHead, _cross_validated_errors,
-                                 _ridge, kernel_matrix, mean_distances, standardised)
+                                 _nystrom_cross_validated_errors, _nystrom_ridge, _ridge, kernel_matrix,
+                                 mean_distances, standardised)
 from chemtag.losses import squared_error
 
 FAST = dict(backbone="tiny-llama", max_epochs=1, verbose=0, validation_fraction=0)
@@ -66,6 +67,60 @@ def test_cross_validation_scores_each_width_and_penalty_as_a_ridge_fit_per_fold_
         coef = _ridge(kernel[fitted][:, fitted], y[fitted] - offset, penalty)
         squared += (kernel[held][:, fitted] @ coef + offset - y[held]).square().sum().item()
     assert errors[width, penalty] == pytest.approx(squared / 40, rel=1e-8)
+
+
+@pytest.mark.parametrize("kernel_name", KERNELS)
+def test_nystrom_over_every_row_is_the_exact_fit(kernel_name):
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    fold, every_row, widths = torch.arange(40) % 5, torch.arange(40), KERNEL_WIDTHS[kernel_name]
+    distances = mean_distances(features, features, kernel_name)
+    exact = _cross_validated_errors(distances, y, fold, widths)
+    nystrom = _nystrom_cross_validated_errors(distances, every_row, y, fold, widths)
+    assert [score[1:] for score in nystrom] == [score[1:] for score in exact]
+    np.testing.assert_allclose([score[0] for score in nystrom], [score[0] for score in exact], rtol=1e-5)
+    kernel = kernel_matrix(features, features, kernel_name, widths[1])
+    torch.testing.assert_close(kernel @ _nystrom_ridge(kernel, every_row, y, 1e-3), kernel @ _ridge(kernel, y, 1e-3),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_nystrom_cross_validation_scores_each_fold_as_a_ridge_over_the_landmarks_would():
+    generator = torch.Generator().manual_seed(6)
+    features = torch.randn(60, 3, generator=generator, dtype=torch.float64)
+    y = torch.randn(60, 1, generator=generator, dtype=torch.float64)
+    fold, landmarks, widths = torch.arange(60) % 5, torch.arange(0, 60, 3), KERNEL_WIDTHS["laplacian"]
+    distances = mean_distances(features, features[landmarks], "laplacian")
+    errors = {(w, p): e for e, w, p in _nystrom_cross_validated_errors(distances, landmarks, y, fold, widths)}
+    width, penalty = widths[2], KERNEL_PENALTIES[4]
+    kernel = torch.exp(-width * distances)
+    squared = 0.0
+    for k in range(5):  # minimise |y - K a|² + penalty aᵀ K_mm a over the other folds' rows
+        fitted, held = fold != k, fold == k
+        offset = y[fitted].mean(dim=0)
+        normal = kernel[fitted].T @ kernel[fitted] + penalty * kernel[landmarks]
+        coef = torch.linalg.solve(normal, kernel[fitted].T @ (y[fitted] - offset))
+        squared += (kernel[held] @ coef + offset - y[held]).square().sum().item()
+    assert errors[width, penalty] == pytest.approx(squared / 60, rel=1e-6)
+
+
+def test_beyond_kernel_landmarks_rows_the_head_expands_over_that_many_seeded_landmarks(monkeypatch):
+    monkeypatch.setattr(kernel_head, "KERNEL_LANDMARKS", 150)
+    generator = torch.Generator().manual_seed(7)
+    readouts = torch.randn(700, 8, generator=generator)
+    targets = readouts[:, 0] * readouts[:, 1]
+    train, test = slice(0, 600), slice(600, None)
+    base = _fitted_base(readouts[train], targets[train])
+    head, error = KernelHead.fit(base, readouts[train], targets[train], seed=0)
+    features = standardised(base, readouts[train])
+    assert head.train_features.shape == (150, 8) and head.coef.shape == (150, 1)
+    assert all((features == row).all(dim=1).any() for row in head.train_features), "landmarks are training rows"
+    torch.testing.assert_close(KernelHead.fit(base, readouts[train], targets[train], seed=0)[0].coef, head.coef)
+    assert not torch.equal(KernelHead.fit(base, readouts[train], targets[train], seed=1)[0].train_features,
+                           head.train_features)
+    with torch.no_grad():
+        assert squared_error(head(readouts[test]), targets[test]).item() < 0.6 * targets[test].var().item()
+    assert error < 0.6 * targets[train].var().item()
 
 
 def test_groups_keep_copies_of_a_row_out_of_each_others_folds():
@@ -154,11 +209,13 @@ def test_an_unknown_head_is_refused():
         QEDRegressor(head="forest", **FAST).fit(SMILES, TARGETS)
 
 
-def test_a_kernel_head_too_large_for_the_free_memory_is_refused_before_training(monkeypatch):
+@pytest.mark.parametrize("landmarks, fit, gib", [(4096, "exactly", 9.0), (4, "with 4 landmark rows", 3.0)])
+def test_a_kernel_head_too_large_for_the_free_memory_is_refused_before_training(landmarks, fit, gib, monkeypatch):
     monkeypatch.setattr(kernel_head, "free_memory_bytes", lambda device: 2**30)
-    monkeypatch.setattr(kernel_head, "KERNEL_BYTES_PER_ENTRY", 2**30 // 16)  # 12 rows: 144 entries, 9 GiB
+    monkeypatch.setattr(kernel_head, "KERNEL_LANDMARKS", landmarks)
+    monkeypatch.setattr(kernel_head, "KERNEL_BYTES_PER_ENTRY", 2**30 // 16)  # 12 x 12 entries: 9 GiB; 12 x 4: 3 GiB
     monkeypatch.setattr(estimator_base, "train", lambda *args, **kwargs: pytest.fail("trained before the check"))
-    message = ("head='kernel' fits exactly over all 12 training rows and needs about 9.0 GiB for it (n² float64 "
-               "kernels), more than the 1.0 GiB free on cpu. Use head='linear', or fewer training rows.")
+    message = (f"head='kernel' fits {fit} over all 12 training rows and needs about {gib} GiB for it (float64 "
+               f"kernels), more than the 1.0 GiB free on cpu. Use head='linear', or fewer training rows.")
     with pytest.raises(ValueError, match=re.escape(message)):
         QEDRegressor(head="kernel", **FAST).fit(SMILES, TARGETS)

@@ -114,6 +114,8 @@ def test_unknown_domain_and_bad_parameters_are_refused():
     ("weight_decay", "0.1", "weight_decay must be a finite non-negative number, got '0.1'."),
     ("max_length", 0, "max_length must be a positive integer or None (the backbone's limit), got 0."),
     ("batch_size", 0, "batch_size must be a positive integer, got 0."),
+    ("max_epochs", -1, "max_epochs must be a non-negative integer, got -1."),
+    ("max_epochs", 2.0, "max_epochs must be a non-negative integer, got 2.0."),
     ("validation_fraction", 1.0, "validation_fraction must be in [0, 1), got 1.0."),
     ("head_training", "closed_form", "head_training must be one of ('joint', 'refit'), got 'closed_form'."),
 ])

@@ -295,10 +295,12 @@ class TagLLMEstimator(BaseEstimator):
             raise ValueError(f"protein_alphabet must be one of {sorted(PROTEIN_ALPHABETS)}, got {self.protein_alphabet!r}.")
         if not isinstance(self.cache_memory_bytes, (int, np.integer)) or self.cache_memory_bytes < 0:
             raise ValueError(f"cache_memory_bytes must be a non-negative integer, got {self.cache_memory_bytes!r}.")
-        for name in ("tag_length", "max_epochs", "batch_size", "patience"):
+        for name in ("tag_length", "batch_size", "patience"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.max_epochs, (int, np.integer)) or self.max_epochs < 0:
+            raise ValueError(f"max_epochs must be a non-negative integer, got {self.max_epochs!r}.")
         check_head_training(self.head_training)
         layers = self.pool_layers
         if not isinstance(layers, (tuple, list)) or not layers or any(

@@ -73,6 +73,7 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         which properties such as hydropathy or drug-likeness follow closely; see docs/training.md.
     max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head, the learning rate
         rising linearly over the first 100 steps; the head is first fitted as a linear probe, epoch 0).
+        ``max_epochs=0`` fits the head alone, to the states of the tags as they stand.
     validation_fraction : float
         Share of rows held out for early stopping (0 to train on all rows for ``max_epochs``).
     patience : int
@@ -116,10 +117,11 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         stores ``(1 + fields * layers) * d + 1`` numbers. ``"kernel"`` then replaces it by kernel ridge
         (Laplacian or Gaussian kernel on the linear head's standardised inputs, squared error whatever
         ``loss``; kernel, width and penalty by 5-fold cross-validation over all training rows): one more pass
-        over the training rows, an exact fit costing ``n²`` memory and ``n³`` time in ``n`` training rows,
-        and a fitted model that keeps every training row's state (``4 * (1 + fields * layers) * d`` bytes a
-        row). It reads nonlinear structure the linear head misses, most where test inputs resemble training
-        inputs (see docs/training.md); meant for up to about ten thousand training rows.
+        over the training rows and a fitted model that keeps the states of the rows the kernel expands over
+        (``4 * (1 + fields * layers) * d`` bytes a row). Up to 4,096 training rows the fit is exact (``n²``
+        memory, ``n³`` time in ``n`` rows) over all of them; beyond, it is Nyström's over 4,096 landmark rows
+        drawn with ``random_state`` (``n·m`` memory, ``n·m²`` time). It reads nonlinear structure the linear
+        head misses, most where test inputs resemble training inputs (see docs/training.md).
 
     Attributes
     ----------
@@ -171,12 +173,15 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
                            cache_memory_bytes=self.cache_memory_bytes, readouts_only=True)
         device = model.backbone.device
         model.head, error = KernelHead.fit(model.head, readouts.to(device), torch.as_tensor(targets, device=device),
-                                           groups)
+                                           groups, seed=self.random_state)
         if self.verbose > 0:
             chosen = ("too few rows to cross-validate" if np.isnan(error)
                       else f"cross-validated MSE {error:.4f} of the standardised targets")
-            tqdm.write(f"kernel head on {len(readouts)} rows: width {model.head.width.item():g}, penalty "
-                       f"{model.head.penalty.item():g} ({chosen}) in {time.perf_counter() - started:.1f}s")
+            expansion = ("" if len(model.head.train_features) == len(readouts)
+                         else f" over {len(model.head.train_features)} landmark rows")
+            tqdm.write(f"kernel head on {len(readouts)} rows{expansion}: {model.head.kernel} kernel, width "
+                       f"{model.head.width.item():g}, penalty {model.head.penalty.item():g} ({chosen}) in "
+                       f"{time.perf_counter() - started:.1f}s")
 
     @property
     def _loss(self):
