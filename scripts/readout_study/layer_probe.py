@@ -13,7 +13,9 @@ penalty by leave-one-out over ``ALPHAS``) and prints each layer's test MSE besid
 ``pooling_probe.py``) and probes, per layer, the field means and the readout beside them, then the
 estimator's final-layer features joined with an earlier layer's field means, and every ``--stride``-th
 layer's field means together; ``--sets 4,15,30 1,4,15,30`` also probes the final readout beside the field
-means of each set of layers (what ``pool_layers`` gives the head).
+means of each set of layers (what ``pool_layers`` gives the head). ``--kernel`` probes each set with
+chemtag's kernel head too (:class:`~chemtag.kernel_head.KernelHead` on the linear head's standardisation,
+as ``head="kernel"`` fits it, all choices by cross-validation on the training rows).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from chemtag.heads import LinearHead
+from chemtag.kernel_head import KernelHead
+from chemtag.losses import squared_error
 from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
 
 
@@ -57,11 +62,25 @@ def read_every_layer(model) -> None:
     model.readout_states = readout_states
 
 
+def kernel_probe(features: np.ndarray, y: np.ndarray, n_train: int, hidden_size: int) -> tuple[float, str]:
+    """Test MSE and chosen kernel, width and penalty of chemtag's kernel head fitted on the first ``n_train``
+    rows of ``features`` ``(n, blocks * hidden_size)`` (on a linear head fitted to them, as the estimator's
+    probe is) and scored on the rest."""
+    states, targets = torch.from_numpy(features).float(), torch.from_numpy(y).float()
+    base = LinearHead(hidden_size, 1, blocks=features.shape[1] // hidden_size)
+    base.initialise(states[:n_train], targets[:n_train], squared_error)
+    head, _ = KernelHead.fit(base, states[:n_train], targets[:n_train], seed=0)
+    with torch.no_grad():
+        predicted = head(states[n_train:])[:, 0].double().numpy()
+    return float(np.mean((predicted - y[n_train:]) ** 2)), f"{head.kernel} {head.width.item():g}, {head.penalty.item():g}"
+
+
 def main() -> None:
     parser = study_parser(__doc__.split("\n\n")[0], max_residues=0)
     parser.add_argument("--fields", action="store_true", help="pool every layer's states over each domain field")
     parser.add_argument("--stride", type=int, default=4, help="with --fields: the layers probed together")
     parser.add_argument("--sets", nargs="*", default=[], help="with --fields: comma-separated layers to pool together")
+    parser.add_argument("--kernel", action="store_true", help="with --sets: probe each set with the kernel head too")
     args = parser.parse_args()
     states = study_states(args, pool_fields=args.fields)
     read_every_layer(states.model)
@@ -99,8 +118,12 @@ def main() -> None:
         row(f"{layers}: readout, + field means of layers {', '.join(map(str, strided))}", readout[layers],
             *(fields[layer] for layer in strided))
         for chosen in ([int(layer) for layer in spec.split(",")] for spec in args.sets):
-            row(f"{layers}: readout, + field means of layers {', '.join(map(str, chosen))}", readout[layers],
-                *(fields[layer] for layer in chosen))
+            name = f"{layers}: readout, + field means of layers {', '.join(map(str, chosen))}"
+            row(name, readout[layers], *(fields[layer] for layer in chosen))
+            if args.kernel:
+                blocks = np.concatenate([readout[layers], *(fields[layer] for layer in chosen)], axis=1)
+                mse, choice = kernel_probe(blocks, y, n_train, d)
+                print(f"| {name}, kernel head | {mse:.5g} | {mse / mean_mse:.3f} | {choice} |", flush=True)
 
 
 if __name__ == "__main__":
