@@ -40,6 +40,7 @@ from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS
 from chemtag import BindingAffinityRegressor
 from chemtag.backbones import DEFAULT_BACKBONE
 from chemtag.checkpoint import latest_checkpoint, saved_progress
+from chemtag.kernel_head import DEFAULT_LANDMARKS
 
 SEGMENTS_FILE = "segments.json"
 
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-train", type=int, help="seeded subset of the training pairs (default: all)")
     parser.add_argument("--n-test", type=int, help="seeded subset of the test pairs (default: all)")
     parser.add_argument("--head", choices=("linear", "kernel"), default="linear", help="the estimator's head")
+    parser.add_argument("--kernel-landmarks", type=int, default=DEFAULT_LANDMARKS,
+                        help="with --head kernel: the landmark rows of its Nystrom fit")
     parser.add_argument("--baselines", type=lambda names: names.split(","), default=[],
                         help="comma-separated benchmark methods to fit and score beside chemtag, e.g. gbm")
     parser.add_argument("--max-epochs", type=int, default=20, help="0 fits the head alone to the untrained tags")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     segments = read_segments(args.checkpoint_dir)
     estimator = BindingAffinityRegressor(
-        backbone=args.backbone, head=args.head, max_epochs=args.max_epochs, patience=args.patience,
+        backbone=args.backbone, head=args.head, kernel_landmarks=args.kernel_landmarks, max_epochs=args.max_epochs,
+        patience=args.patience,
         batch_size=args.batch_size,
         bf16=not args.fp32, protein_alphabet="extended", cache_memory_bytes=int(args.memory_gib * 2**30),
         checkpoint_dir=args.checkpoint_dir, random_state=args.seed, verbose=1)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": date.today().isoformat(), "machine": machine(), "backbone": args.backbone,
-        "settings": {"head": args.head, "bf16": not args.fp32, "batch_size": args.batch_size,
+        "settings": {"head": args.head, "kernel_landmarks": args.kernel_landmarks, "bf16": not args.fp32, "batch_size": args.batch_size,
                      "max_epochs": args.max_epochs,
                      "patience": args.patience, "memory_gib": args.memory_gib, "seed": args.seed},
         "n_train": len(train), "n_test": len(test),

@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float, default=None)
     _add_head_training(fit)
     fit.add_argument("--head", choices=("linear", "kernel"), default=None,
-                     help="regression head: linear (default), or kernel ridge over every training row's state, "
-                          "fitted after the tags (reads more; the saved model keeps those states)")
+                     help="regression head: linear (default), or kernel ridge over the training rows' states "
+                          "(over --kernel-landmarks rows beyond that many), fitted after the tags (reads more; the "
+                          "saved model keeps those states)")
+    fit.add_argument("--kernel-landmarks", type=int, default=None,
+                     help="with --head kernel: rows up to which its fit is exact, and the landmark rows of its "
+                          "approximate fit beyond (default 4096)")
     fit.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the backbone")
     fit.add_argument("--device", default=None, help="e.g. cpu or cuda")
     fit.add_argument("--on-invalid", choices=("raise", "nan"), default=None,
@@ -140,10 +144,11 @@ def _fit(args) -> None:
         "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "on_invalid": args.on_invalid,
         "bf16": args.bf16 or None, "head_training": args.head_training, "verbose": 0 if args.quiet else None,
     }
-    if args.head is not None:
-        if args.task == "classification":
-            raise ValueError("--head applies to the regression tasks, not 'classification'.")
-        options["head"] = args.head
+    for flag, name in (("--head", "head"), ("--kernel-landmarks", "kernel_landmarks")):
+        if getattr(args, name) is not None:
+            if args.task == "classification":
+                raise ValueError(f"{flag} applies to the regression tasks, not 'classification'.")
+            options[name] = getattr(args, name)
     if args.task in ("regression", "classification"):
         options |= {"domains": _pairs(args.domain, "--domain") or None, "function_tag": args.function_tag}
     elif args.domain or args.function_tag:

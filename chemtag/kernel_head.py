@@ -1,10 +1,11 @@
 """A kernel ridge head: reads more from the frozen states than the linear head, at the price of keeping
-every training row's state (see docs/training.md, "Would a nonlinear head read more?").
+the training rows' states, up to a number of landmarks of them (see docs/training.md, "Would a nonlinear
+head read more?").
 
 The kernel acts on the linear head's standardised features: Laplacian, ``k(a, b) = exp(-width * mean |a - b|)``,
 or Gaussian, ``k(a, b) = exp(-width * mean (a - b)²)``, the mean over the features. The kernel, its width and
-the ridge penalty are chosen by cross-validation over the training rows. Up to :data:`KERNEL_LANDMARKS`
-training rows the fit is exact, costing ``n²`` memory and ``n³`` time in the number of training rows ``n``;
+the ridge penalty are chosen by cross-validation over the training rows. Up to ``m`` training rows
+(:data:`DEFAULT_LANDMARKS` unless chosen) the fit is exact, costing ``n²`` memory and ``n³`` time in the number of training rows ``n``;
 beyond, it is Nyström's approximation (the subset of regressors): the predictor is a kernel expansion over
 ``m`` landmark rows drawn at random, fitted to all ``n`` rows, costing ``n·m`` memory and ``n·m²`` time.
 """
@@ -28,8 +29,8 @@ DEFAULT_KERNEL, DEFAULT_WIDTH, DEFAULT_PENALTY = "laplacian", 1.0, 1e-2
 penalty); also the kernel of heads saved before the Gaussian kernel was a choice."""
 KERNEL_STATE_PREFIX = "kernel."
 """Prefix of the kernel head's tensors in an estimator's ``head_``, beside the linear head's own."""
-KERNEL_LANDMARKS = 4096
-"""Training rows up to which the fit is exact; a larger fit is Nyström's over this many landmark rows."""
+DEFAULT_LANDMARKS = 4096
+"""Training rows up to which a fit is exact by default; a larger fit is Nyström's over this many landmark rows."""
 KERNEL_BYTES_PER_ENTRY = 40
 """Memory a fit holds per entry of its ``n x m`` kernel (``m = n`` exact): float64 distances of the best kernel
 so far and of the one being cross-validated, kernel, and a fold's sub-kernel and its eigenvectors (exact) or
@@ -78,19 +79,20 @@ class KernelHead(nn.Module):
 
     @classmethod
     def fit(cls, base: LinearHead, readouts: torch.Tensor, targets: torch.Tensor,
-            groups: np.ndarray | None = None, seed: int | None = None) -> tuple["KernelHead", float]:
+            groups: np.ndarray | None = None, landmarks: int = DEFAULT_LANDMARKS,
+            seed: int | None = None) -> tuple["KernelHead", float]:
         """Fit to the training rows' ``readouts`` ``(n, f)`` and regression ``targets`` ``(n,)`` or ``(n, k)``
         by squared error; the kernel, width and penalty of least cross-validated squared error over
         :data:`KERNELS`, their :data:`KERNEL_WIDTHS` and :data:`KERNEL_PENALTIES`
         (:data:`~chemtag.heads.PROBE_FOLDS` folds, ``groups`` ``(n,)`` keeping copies of one input in one
         fold), or :data:`DEFAULT_KERNEL`, :data:`DEFAULT_WIDTH` and :data:`DEFAULT_PENALTY` with fewer than
-        two rows a fold or fewer groups than folds. Beyond :data:`KERNEL_LANDMARKS` rows, that many landmarks
-        are drawn with ``seed``. Returns the head and that error (mean over rows and outputs, in the targets'
+        two rows a fold or fewer groups than folds. Beyond ``landmarks`` rows, the fit is Nyström's over that
+        many rows drawn with ``seed``. Returns the head and that error (mean over rows and outputs, in the targets'
         units squared; NaN without cross-validation)."""
         with torch.no_grad():
             features = standardised(base, readouts).double()
         y = targets.reshape(len(targets), -1).to(features)
-        landmarks = _landmarks(len(y), seed, features.device)
+        landmarks = _landmarks(len(y), landmarks, seed, features.device)
         group_of_row = group_index(groups, len(y))
         if len(y) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS:
             fold = torch.from_numpy(group_of_row % PROBE_FOLDS).to(features.device)
@@ -122,16 +124,16 @@ class KernelHead(nn.Module):
                    kernel["penalty"].item())
 
 
-def check_kernel_memory(n_rows: int, device: torch.device) -> None:
-    """Refuse, before any compute, a fit over ``n_rows`` training rows whose kernels would not fit the free
-    memory of ``device`` (not checked where that is unknown)."""
-    n_landmarks = min(n_rows, KERNEL_LANDMARKS)
+def check_kernel_memory(n_rows: int, landmarks: int, device: torch.device) -> None:
+    """Refuse, before any compute, a fit over ``n_rows`` training rows and at most ``landmarks`` landmarks
+    whose kernels would not fit the free memory of ``device`` (not checked where that is unknown)."""
+    n_landmarks = min(n_rows, landmarks)
     needed, free = KERNEL_BYTES_PER_ENTRY * n_rows * n_landmarks, free_memory_bytes(device)
     if free is not None and needed > free:
         fit = ("exactly" if n_landmarks == n_rows else f"with {n_landmarks:,} landmark rows")
         raise ValueError(f"head='kernel' fits {fit} over all {n_rows:,} training rows and needs about "
                          f"{needed / 2**30:.1f} GiB for it (float64 kernels), more than the {free / 2**30:.1f} "
-                         f"GiB free on {device}. Use head='linear', or fewer training rows.")
+                         f"GiB free on {device}. Use head='linear', fewer kernel_landmarks, or fewer training rows.")
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
@@ -158,12 +160,12 @@ def _ridge(kernel: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tenso
     return torch.cholesky_solve(y, torch.linalg.cholesky(regularised))
 
 
-def _landmarks(n_rows: int, seed: int | None, device: torch.device) -> torch.Tensor:
-    """The rows ``(m,)`` the kernel expands over: all ``n_rows`` up to :data:`KERNEL_LANDMARKS`, else that many
-    drawn without replacement with ``seed`` (in increasing order)."""
-    if n_rows <= KERNEL_LANDMARKS:
+def _landmarks(n_rows: int, count: int, seed: int | None, device: torch.device) -> torch.Tensor:
+    """The rows ``(m,)`` the kernel expands over: all ``n_rows`` up to ``count``, else ``count`` of them drawn
+    without replacement with ``seed`` (in increasing order)."""
+    if n_rows <= count:
         return torch.arange(n_rows, device=device)
-    drawn = np.random.default_rng(seed).choice(n_rows, KERNEL_LANDMARKS, replace=False)
+    drawn = np.random.default_rng(seed).choice(n_rows, count, replace=False)
     return torch.from_numpy(np.sort(drawn)).to(device)
 
 

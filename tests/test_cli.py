@@ -53,6 +53,8 @@ def test_fit_with_the_kernel_head_saves_it_and_refuses_it_for_classification(tmp
     fit = ["fit", str(train_csv), "--column", "Drug=smiles", "--backbone", "tiny-llama", "--max-epochs", "1", "--quiet"]
     assert main([*fit, "--task", "qed", "--head", "kernel", "-o", str(tmp_path / "model")]) == 0
     assert load_estimator(tmp_path / "model").head_["kernel.train_features"].shape[0] == len(SMILES)
+    assert main([*fit, "--task", "qed", "--head", "kernel", "--kernel-landmarks", "5", "-o", str(tmp_path / "few")]) == 0
+    assert load_estimator(tmp_path / "few").head_["kernel.train_features"].shape[0] == 5
     assert main([*fit, "--task", "classification", "--head", "kernel", "-o", str(tmp_path / "other")]) == 2
     assert "chemtag fit: error: --head applies to the regression tasks, not 'classification'." in capsys.readouterr().err
 

@@ -104,20 +104,20 @@ def test_nystrom_cross_validation_scores_each_fold_as_a_ridge_over_the_landmarks
     assert errors[width, penalty] == pytest.approx(squared / 60, rel=1e-6)
 
 
-def test_beyond_kernel_landmarks_rows_the_head_expands_over_that_many_seeded_landmarks(monkeypatch):
-    monkeypatch.setattr(kernel_head, "KERNEL_LANDMARKS", 150)
+def test_beyond_its_landmark_count_the_head_expands_over_that_many_seeded_landmark_rows():
     generator = torch.Generator().manual_seed(7)
     readouts = torch.randn(700, 8, generator=generator)
     targets = readouts[:, 0] * readouts[:, 1]
     train, test = slice(0, 600), slice(600, None)
     base = _fitted_base(readouts[train], targets[train])
-    head, error = KernelHead.fit(base, readouts[train], targets[train], seed=0)
+    head, error = KernelHead.fit(base, readouts[train], targets[train], landmarks=150, seed=0)
     features = standardised(base, readouts[train])
     assert head.train_features.shape == (150, 8) and head.coef.shape == (150, 1)
     assert all((features == row).all(dim=1).any() for row in head.train_features), "landmarks are training rows"
-    torch.testing.assert_close(KernelHead.fit(base, readouts[train], targets[train], seed=0)[0].coef, head.coef)
-    assert not torch.equal(KernelHead.fit(base, readouts[train], targets[train], seed=1)[0].train_features,
-                           head.train_features)
+    refit = KernelHead.fit(base, readouts[train], targets[train], landmarks=150, seed=0)[0]
+    torch.testing.assert_close(refit.coef, head.coef)
+    other_seed = KernelHead.fit(base, readouts[train], targets[train], landmarks=150, seed=1)[0]
+    assert not torch.equal(other_seed.train_features, head.train_features)
     with torch.no_grad():
         assert squared_error(head(readouts[test]), targets[test]).item() < 0.6 * targets[test].var().item()
     assert error < 0.6 * targets[train].var().item()
@@ -204,6 +204,20 @@ def test_a_warm_start_trains_on_from_the_linear_head_and_fits_the_kernel_again()
     assert not any(k.startswith("kernel.") for k in model.head_)
 
 
+def test_an_estimator_keeps_kernel_landmarks_rows_where_it_has_more_training_rows():
+    model = QEDRegressor(head="kernel", kernel_landmarks=5, random_state=0, **FAST).fit(SMILES, TARGETS)
+    assert model.head_["kernel.train_features"].shape[0] == 5 and model.head_["kernel.coef"].shape == (5, 1)
+    assert np.isfinite(model.predict(SMILES)).all()
+    assert QEDRegressor(head="kernel", kernel_landmarks=12, **FAST).fit(SMILES, TARGETS).head_[
+        "kernel.train_features"].shape[0] == len(SMILES), "no more landmarks than rows: the exact fit"
+
+
+@pytest.mark.parametrize("landmarks", [0, 2.5, True])
+def test_kernel_landmarks_must_be_a_positive_integer(landmarks):
+    with pytest.raises(ValueError, match=re.escape(f"kernel_landmarks must be a positive integer, got {landmarks!r}.")):
+        QEDRegressor(head="kernel", kernel_landmarks=landmarks, **FAST).fit(SMILES, TARGETS)
+
+
 def test_an_unknown_head_is_refused():
     with pytest.raises(ValueError, match=re.escape("head must be one of ('linear', 'kernel'), got 'forest'.")):
         QEDRegressor(head="forest", **FAST).fit(SMILES, TARGETS)
@@ -212,10 +226,10 @@ def test_an_unknown_head_is_refused():
 @pytest.mark.parametrize("landmarks, fit, gib", [(4096, "exactly", 9.0), (4, "with 4 landmark rows", 3.0)])
 def test_a_kernel_head_too_large_for_the_free_memory_is_refused_before_training(landmarks, fit, gib, monkeypatch):
     monkeypatch.setattr(kernel_head, "free_memory_bytes", lambda device: 2**30)
-    monkeypatch.setattr(kernel_head, "KERNEL_LANDMARKS", landmarks)
     monkeypatch.setattr(kernel_head, "KERNEL_BYTES_PER_ENTRY", 2**30 // 16)  # 12 x 12 entries: 9 GiB; 12 x 4: 3 GiB
     monkeypatch.setattr(estimator_base, "train", lambda *args, **kwargs: pytest.fail("trained before the check"))
     message = (f"head='kernel' fits {fit} over all 12 training rows and needs about {gib} GiB for it (float64 "
-               f"kernels), more than the 1.0 GiB free on cpu. Use head='linear', or fewer training rows.")
+               f"kernels), more than the 1.0 GiB free on cpu. Use head='linear', fewer kernel_landmarks, or fewer "
+               f"training rows.")
     with pytest.raises(ValueError, match=re.escape(message)):
-        QEDRegressor(head="kernel", **FAST).fit(SMILES, TARGETS)
+        QEDRegressor(head="kernel", kernel_landmarks=landmarks, **FAST).fit(SMILES, TARGETS)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from chemtag.backbones import Backbone
 from chemtag.estimators._base import TagLLMEstimator
 from chemtag.estimators._signatures import derived_init
-from chemtag.kernel_head import KernelHead, check_kernel_memory
+from chemtag.kernel_head import DEFAULT_LANDMARKS, KernelHead, check_kernel_memory
 from chemtag.losses import REGRESSION_LOSSES, cross_entropy
 from chemtag.model import TaggedModel
 from chemtag.templates import EncodedPrompts
@@ -118,10 +118,15 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         (Laplacian or Gaussian kernel on the linear head's standardised inputs, squared error whatever
         ``loss``; kernel, width and penalty by 5-fold cross-validation over all training rows): one more pass
         over the training rows and a fitted model that keeps the states of the rows the kernel expands over
-        (``4 * (1 + fields * layers) * d`` bytes a row). Up to 4,096 training rows the fit is exact (``n²``
-        memory, ``n³`` time in ``n`` rows) over all of them; beyond, it is Nyström's over 4,096 landmark rows
-        drawn with ``random_state`` (``n·m`` memory, ``n·m²`` time). It reads nonlinear structure the linear
-        head misses, most where test inputs resemble training inputs (see docs/training.md).
+        (``4 * (1 + fields * layers) * d`` bytes a row). Up to ``kernel_landmarks`` training rows the fit is
+        exact over all of them (``n²`` memory, ``n³`` time in ``n`` rows); beyond, it is Nyström's over
+        ``kernel_landmarks`` rows drawn with ``random_state`` (``n·m`` memory, ``n·m²`` time in ``m``
+        landmarks). It reads nonlinear structure the linear head misses, most where test inputs resemble
+        training inputs (see docs/training.md).
+    kernel_landmarks : int
+        With ``head="kernel"``: training rows up to which the fit is exact, and the landmark rows of
+        Nyström's fit beyond (default 4,096). More read more, most where the kernel works as a lookup of
+        similar training rows; the fit holds about ``40 * n`` bytes per landmark, its time grows as ``n·m²``.
 
     Attributes
     ----------
@@ -134,9 +139,10 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
     n_features_in_, feature_names_in_ : the columns seen in ``fit``.
     """
 
-    __init__ = derived_init(TagLLMEstimator, keyword_only=False, loss="squared_error", head="linear")
+    __init__ = derived_init(TagLLMEstimator, keyword_only=False, loss="squared_error", head="linear",
+                            kernel_landmarks=DEFAULT_LANDMARKS)
     _HEADS = ("linear", "kernel")
-    PARAMS_ADDED = TagLLMEstimator.PARAMS_ADDED | {"head": "linear"}
+    PARAMS_ADDED = TagLLMEstimator.PARAMS_ADDED | {"head": "linear", "kernel_landmarks": DEFAULT_LANDMARKS}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -159,10 +165,13 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
             raise ValueError(f"loss must be one of {tuple(REGRESSION_LOSSES)}, got {self.loss!r}.")
         if not isinstance(self.head, str) or self.head not in self._HEADS:
             raise ValueError(f"head must be one of {self._HEADS}, got {self.head!r}.")
+        landmarks = self.kernel_landmarks
+        if isinstance(landmarks, bool) or not isinstance(landmarks, (int, np.integer)) or landmarks < 1:
+            raise ValueError(f"kernel_landmarks must be a positive integer, got {landmarks!r}.")
 
     def _check_head_fits(self, n_rows: int, backbone: Backbone) -> None:
         if self.head == "kernel":
-            check_kernel_memory(n_rows, backbone.device)
+            check_kernel_memory(n_rows, self.kernel_landmarks, backbone.device)
 
     def _fit_head_on_trained_tags(self, model: TaggedModel, prompts: EncodedPrompts, targets: np.ndarray,
                                   groups: np.ndarray | None) -> None:
@@ -173,7 +182,7 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
                            cache_memory_bytes=self.cache_memory_bytes, readouts_only=True)
         device = model.backbone.device
         model.head, error = KernelHead.fit(model.head, readouts.to(device), torch.as_tensor(targets, device=device),
-                                           groups, seed=self.random_state)
+                                           groups, landmarks=self.kernel_landmarks, seed=self.random_state)
         if self.verbose > 0:
             chosen = ("too few rows to cross-validate" if np.isnan(error)
                       else f"cross-validated MSE {error:.4f} of the standardised targets")
