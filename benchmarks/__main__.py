@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, default=DATA_DIR,
                      help="data folder (default: ../shared/data); the tdc-* tasks read TDC's layout under it, "
                           "{group}/{benchmark}/train_val|test, as PyTDC's path argument")
+    run.add_argument("--chemtag-params", type=json.loads, default=None, metavar="JSON",
+                     help='estimator parameters every chemtag method sets, e.g. \'{"pool_layers": [1, 2, 1.0]}\' '
+                          "(name the results or img folder apart: the file names do not show them)")
     run.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     run.add_argument("--img-dir", type=Path, default=IMG_DIR)
     commands.add_parser("list", help="list tasks, budgets and methods")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         run_many(regression, arguments.budget, arguments.n_train, arguments.n_test, arguments.max_residues,
                  methods=regression_methods, fold=arguments.fold,
                  seed=arguments.seed, backbone=arguments.backbone, device=arguments.device,
-                 data_dir=arguments.data_dir,
+                 data_dir=arguments.data_dir, chemtag_params=arguments.chemtag_params,
                  results_dir=arguments.results_dir, img_dir=arguments.img_dir)
     for task in generation:  # --n-train: pairs per trained direction, --n-test: test molecules per direction
         task.run(arguments.budget, arguments.results_dir, n_train=arguments.n_train, n_test=arguments.n_test,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -33,7 +33,8 @@ class Regressor(Protocol):
 
 @dataclass(frozen=True)
 class Context:
-    """What a method is built for: the task, budget and rows, the seed, chemtag's backbone and its device."""
+    """What a method is built for: the task, budget and rows, the seed, chemtag's backbone and its device, and
+    ``chemtag_params``: estimator parameters every chemtag method sets over its own (e.g. ``pool_layers``)."""
 
     task: Task
     budget: Budget
@@ -42,6 +43,7 @@ class Context:
     backbone: str
     data_dir: Path
     device: str = "cpu"
+    chemtag_params: dict = field(default_factory=dict)
 
     @property
     def template(self) -> str:
@@ -118,7 +120,8 @@ def _chemtag(**params) -> Callable[[Context], Regressor]:
     """The task's preset; proteins are read with the extended IUPAC letters (a Davis kinase has an ``X``)."""
     return lambda context: context.task.estimator(
         backbone=context.backbone, max_epochs=context.budget.tag_epochs, batch_size=context.budget.batch_size,
-        random_state=context.seed, device=context.device, protein_alphabet="extended", verbose=0, **params)
+        random_state=context.seed, device=context.device, protein_alphabet="extended", verbose=0,
+        **params | context.chemtag_params)
 
 
 def _chemtag_without_domain_tags(context: Context) -> Regressor:

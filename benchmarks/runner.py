@@ -96,11 +96,12 @@ def evaluate(task: Task, scoring: Scoring, y_true: np.ndarray, y_pred: np.ndarra
 
 def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = None, *, rows: Rows | None = None,
         fold: int = 0, seed: int = 0, backbone: str | None = None, device: str = "cpu", data_dir: Path = DATA_DIR,
-        results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR, log=print) -> pd.DataFrame:
+        results_dir: Path = RESULTS_DIR, img_dir: Path = IMG_DIR, chemtag_params: dict | None = None,
+        log=print) -> pd.DataFrame:
     """Fit every method on the same training rows, score it on the test rows, write the outputs.
 
     ``rows`` replaces the budget's rows of ``task``; ``device`` is where chemtag's estimators run (the
-    other methods run on the CPU). Writes ``{stem}.csv`` (one row per method and
+    other methods run on the CPU); ``chemtag_params`` are estimator parameters every chemtag method sets. Writes ``{stem}.csv`` (one row per method and
     metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``
     after each method (an interrupted run keeps the methods that ended), with the stem of
     :func:`results_stem`, and draws ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir`` once
@@ -111,13 +112,14 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
     backbone = backbone or os.environ.get(BACKBONE_ENV_VAR) or DEFAULT_BACKBONE
     data = load_data(task, rows, fold, seed, data_dir)
     scoring = task.scoring()
-    context = Context(task, budget, rows, seed, backbone, data_dir, device)
+    context = Context(task, budget, rows, seed, backbone, data_dir, device, chemtag_params or {})
     stamp = {"task": task.name, "budget": budget.name, "seed": seed, "fold": fold, "backbone": backbone,
              "device": device,
              "n_train": len(data.y_train), "n_test": len(data.y_test),
              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
              "source": scoring.source}
-    log(f"{task.name} ({budget.name}, {scoring.source}): {stamp['n_train']} train / {stamp['n_test']} test rows")
+    log(f"{task.name} ({budget.name}, {scoring.source}): {stamp['n_train']} train / {stamp['n_test']} test rows"
+        + (f"; chemtag's parameters {chemtag_params}" if chemtag_params else ""))
     stem, results = results_stem(task, budget, rows), []
     try:
         for method in resolve_methods(task, methods):

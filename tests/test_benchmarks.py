@@ -480,6 +480,16 @@ def test_cli_passes_every_method_with_methods_all(option, expected, monkeypatch)
     assert passed["methods"] == expected
 
 
+def test_chemtag_params_reach_every_chemtag_method_over_its_own(monkeypatch):
+    passed = {}
+    monkeypatch.setattr(cli, "run_many", lambda *args, **options: passed.update(options))
+    assert cli.main(["run", "--task", "qed", "--chemtag-params", '{"pool_layers": [1, 1.0], "head": "linear"}']) == 0
+    context = Context(TASKS["qed"], TINY_BUDGET, Rows(), 0, "tiny-llama", Path("."), "cpu", passed["chemtag_params"])
+    for name in ("chemtag", "chemtag-kernel"):
+        params = METHODS[name].build(context).get_params()
+        assert (params["pool_layers"], params["head"]) == ([1, 1.0], "linear")
+
+
 def test_cli_refuses_an_unknown_method():
     with pytest.raises(SystemExit, match="Unknown methods"):
         cli.main(["run", "--task", "qed", "--methods", "mean,nonsense"])
