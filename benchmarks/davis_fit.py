@@ -123,10 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     segments = read_segments(args.checkpoint_dir)
     estimator = BindingAffinityRegressor(
         backbone=args.backbone, head=args.head, kernel_landmarks=args.kernel_landmarks, max_epochs=args.max_epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        bf16=not args.fp32, protein_alphabet="extended", cache_memory_bytes=int(args.memory_gib * 2**30),
-        checkpoint_dir=args.checkpoint_dir, random_state=args.seed, verbose=1)
+        patience=args.patience, batch_size=args.batch_size, bf16=not args.fp32, protein_alphabet="extended",
+        cache_memory_bytes=int(args.memory_gib * 2**30), checkpoint_dir=args.checkpoint_dir, random_state=args.seed,
+        verbose=1)
     print(f"{len(train):,} training pairs, {len(test):,} test pairs; segment {len(segments) + 1}", flush=True)
 
     started = time.perf_counter()
@@ -167,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": date.today().isoformat(), "machine": machine(), "backbone": args.backbone,
-        "settings": {"head": args.head, "kernel_landmarks": args.kernel_landmarks, "bf16": not args.fp32, "batch_size": args.batch_size,
-                     "max_epochs": args.max_epochs,
-                     "patience": args.patience, "memory_gib": args.memory_gib, "seed": args.seed},
+        "settings": {"head": args.head, "kernel_landmarks": args.kernel_landmarks, "bf16": not args.fp32,
+                     "batch_size": args.batch_size, "max_epochs": args.max_epochs, "patience": args.patience,
+                     "memory_gib": args.memory_gib, "seed": args.seed},
         "n_train": len(train), "n_test": len(test),
         "history": estimator.history_,
         "segments": segments,

@@ -5,9 +5,10 @@ head read more?").
 The kernel acts on the linear head's standardised features: Laplacian, ``k(a, b) = exp(-width * mean |a - b|)``,
 or Gaussian, ``k(a, b) = exp(-width * mean (a - b)²)``, the mean over the features. The kernel, its width and
 the ridge penalty are chosen by cross-validation over the training rows. Up to ``m`` training rows
-(:data:`DEFAULT_LANDMARKS` unless chosen) the fit is exact, costing ``n²`` memory and ``n³`` time in the number of training rows ``n``;
-beyond, it is Nyström's approximation (the subset of regressors): the predictor is a kernel expansion over
-``m`` landmark rows drawn at random, fitted to all ``n`` rows, costing ``n·m`` memory and ``n·m²`` time.
+(:data:`DEFAULT_LANDMARKS` unless chosen) the fit is exact, costing ``n²`` memory and ``n³`` time in the
+number of training rows ``n``; beyond, it is Nyström's approximation (the subset of regressors): the
+predictor is a kernel expansion over ``m`` landmark rows drawn at random, fitted to all ``n`` rows,
+costing ``n·m`` memory and ``n·m²`` time.
 """
 
 from __future__ import annotations
