@@ -101,11 +101,12 @@ def run(task: Task, budget: Budget, methods: Sequence[str | Method] | None = Non
     """Fit every method on the same training rows, score it on the test rows, write the outputs.
 
     ``rows`` replaces the budget's rows of ``task``; ``device`` is where chemtag's estimators run (the
-    other methods run on the CPU); ``chemtag_params`` are estimator parameters every chemtag method sets. Writes ``{stem}.csv`` (one row per method and
-    metric), ``{stem}-predictions.csv``, ``{stem}-history.csv`` and ``{stem}.md`` under ``results_dir``
-    after each method (an interrupted run keeps the methods that ended), with the stem of
-    :func:`results_stem`, and draws ``{stem}-scatter.png`` and ``{stem}-curves.png`` under ``img_dir`` once
-    the run ends or is interrupted (``python -m benchmarks report`` draws them from the files at any time).
+    other methods run on the CPU); ``chemtag_params`` are estimator parameters every chemtag method sets.
+    Writes ``{stem}.csv`` (one row per method and metric), ``{stem}-predictions.csv``, ``{stem}-history.csv``
+    and ``{stem}.md`` under ``results_dir`` after each method (an interrupted run keeps the methods that
+    ended), with the stem of :func:`results_stem`, and draws ``{stem}-scatter.png`` and ``{stem}-curves.png``
+    under ``img_dir`` once the run ends or is interrupted (``python -m benchmarks report`` draws them from
+    the files at any time).
     Returns this run's result rows.
     """
     rows = rows or task.rows(budget.name)

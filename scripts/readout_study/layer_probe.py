@@ -119,10 +119,10 @@ def main() -> None:
             *(fields[layer] for layer in strided))
         for chosen in ([int(layer) for layer in spec.split(",")] for spec in args.sets):
             name = f"{layers}: readout, + field means of layers {', '.join(map(str, chosen))}"
-            row(name, readout[layers], *(fields[layer] for layer in chosen))
+            blocks = [readout[layers], *(fields[layer] for layer in chosen)]
+            row(name, *blocks)
             if args.kernel:
-                blocks = np.concatenate([readout[layers], *(fields[layer] for layer in chosen)], axis=1)
-                mse, choice = kernel_probe(blocks, y, n_train, d)
+                mse, choice = kernel_probe(np.concatenate(blocks, axis=1), y, n_train, d)
                 print(f"| {name}, kernel head | {mse:.5g} | {mse / mean_mse:.3f} | {choice} |", flush=True)
 
 
