@@ -12,6 +12,7 @@ from torch import nn
 
 from chemtag.backbones import Backbone
 from chemtag.feature_tags import FeatureTag
+from chemtag.layer_states import capture_layer_states
 from chemtag.prefix_attention import PrefixKV, enable_prefix_attention
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts
@@ -261,20 +262,19 @@ class TaggedModel(nn.Module):
         in ``pooled_layers``."""
         final = self.backbone.num_layers
         earlier = [layer for layer in self.pooled_layers if layer < final]
-        outputs = self._backbone_outputs(batch, keep_kv, earlier)
-        states = [outputs.hidden_states[layer] for layer in earlier]  # [i]: decoder layer i's output
+        with capture_layer_states(self.backbone.model, earlier) as captured:
+            outputs = self._backbone_outputs(batch, keep_kv)
+        states = [captured[layer] for layer in earlier]
         if final in self.pooled_layers:
             states.append(outputs.last_hidden_state)  # after the backbone's last norm
         return outputs.last_hidden_state, self._keys_values(outputs, keep_kv), self.field_sums(states, batch)
 
-    def _backbone_outputs(self, batch: Batch, keep_kv: bool, layers: Sequence[int] = ()):
-        """The backbone's outputs over the batch, keeping the hidden states of decoder ``layers`` too."""
+    def _backbone_outputs(self, batch: Batch, keep_kv: bool):
+        """The backbone's outputs over the batch."""
         embeds = self.input_embeddings(batch)
         positions = batch.positions if batch.positions is not None else self.position_ids(batch.segments)
         model = self.backbone.model
-        # A list of indices keeps only those hidden states where transformers can select them, all elsewhere.
-        options = dict(inputs_embeds=embeds, position_ids=positions, use_cache=keep_kv,
-                       output_hidden_states=list(layers) or False)
+        options = dict(inputs_embeds=embeds, position_ids=positions, use_cache=keep_kv)
         if batch.prefix is None:
             return model.base_model(attention_mask=self.attention_mask(batch, embeds.dtype), **options)
         enable_prefix_attention(model)
@@ -283,7 +283,11 @@ class TaggedModel(nn.Module):
 
     @staticmethod
     def _keys_values(outputs, keep_kv: bool) -> KeysValues | None:
-        return [(layer.keys, layer.values) for layer in outputs.cache.layers] if keep_kv else None
+        if not keep_kv:
+            return None
+        # transformers renamed the outputs' ``past_key_values`` to ``cache`` within its 5.x releases.
+        cache = outputs.cache if hasattr(outputs, "cache") else outputs.past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def field_sums(self, states: Sequence[torch.Tensor], batch: Batch) -> FieldSums:
         """Sums of each of ``states`` ``(B, L, d)``, hidden states of ``batch``'s tokens, over the value tokens

@@ -52,14 +52,14 @@ def test_tdc_files_are_where_pytdc_keeps_its_groups(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- without PyTDC
-@pytest.mark.parametrize("task, benchmark", [("tdc-bindingdb-patent", BINDINGDB_PATENT),
+@pytest.mark.parametrize("task, tdc_benchmark", [("tdc-bindingdb-patent", BINDINGDB_PATENT),
                                              ("tdc-drugcomb-css", DRUGCOMB_CSS)])
-def test_tdc_task_without_pytdc_trains_on_train_val_and_tests_on_test(task, benchmark, no_pytdc, tdc_data):
+def test_tdc_task_without_pytdc_trains_on_train_val_and_tests_on_test(task, tdc_benchmark, no_pytdc, tdc_data):
     frame = TASKS[task].read(tdc_data)
     split = TASKS[task].split(frame, 0, 0)
     assert split.train.tolist() == list(range(24)) and split.test.tolist() == list(range(24, 34))
     for part, rows in [("train_val", split.train), ("test", split.test)]:
-        assert np.array_equal(TASKS[task].label(frame.iloc[rows]), placed(benchmark, tdc_data, part)["Y"])
+        assert np.array_equal(TASKS[task].label(frame.iloc[rows]), placed(tdc_benchmark, tdc_data, part)["Y"])
     assert set(TASKS[task].inputs) <= set(frame.columns)
 
 
@@ -85,14 +85,14 @@ def test_tdc_files_missing_without_pytdc_raise_naming_them_and_the_install(no_py
         TASKS["tdc-bindingdb-patent"].read(tmp_path)
 
 
-@pytest.mark.parametrize("task, benchmark, loss", [("tdc-bindingdb-patent", BINDINGDB_PATENT, "mse"),
+@pytest.mark.parametrize("task, tdc_benchmark, loss", [("tdc-bindingdb-patent", BINDINGDB_PATENT, "mse"),
                                                    ("tdc-drugcomb-css", DRUGCOMB_CSS, "mae")])
-def test_tdc_runner_without_pytdc_scores_placed_files_and_records_the_source(task, benchmark, loss, no_pytdc,
+def test_tdc_runner_without_pytdc_scores_placed_files_and_records_the_source(task, tdc_benchmark, loss, no_pytdc,
                                                                              tdc_data, tmp_path):
     results = run_mean_and_forest(task, tdc_data, tmp_path)
     assert (results["source"] == tdc_groups.FILES_SOURCE).all()
     assert (results["n_train"] == 24).all() and (results["n_test"] == 10).all()
-    train_y, test_y = (placed(benchmark, tdc_data, part)["Y"].to_numpy() for part in ("train_val", "test"))
+    train_y, test_y = (placed(tdc_benchmark, tdc_data, part)["Y"].to_numpy() for part in ("train_val", "test"))
     mean_loss = results.set_index(["method", "metric"]).loc[("mean", loss), "value"]
     assert mean_loss == pytest.approx(METRICS[loss](test_y, np.full(10, train_y.mean())))
     assert set(pd.read_csv(tmp_path / f"{task}-tiny.csv")["source"]) == {tdc_groups.FILES_SOURCE}
@@ -130,9 +130,9 @@ def test_pytdc_group_api_reads_the_same_rows_as_the_files(tdc_data, monkeypatch)
 
 
 @needs_pytdc
-@pytest.mark.parametrize("benchmark, metric", [(BINDINGDB_PATENT, "pearson"), (DRUGCOMB_CSS, "mae")])
-def test_pytdc_evaluator_scores_the_groups_metric(benchmark, metric):
-    scoring = tdc_groups.scoring(benchmark)
+@pytest.mark.parametrize("tdc_benchmark, metric", [(BINDINGDB_PATENT, "pearson"), (DRUGCOMB_CSS, "mae")])
+def test_pytdc_evaluator_scores_the_groups_metric(tdc_benchmark, metric):
+    scoring = tdc_groups.scoring(tdc_benchmark)
     assert scoring.source == f"pytdc-{tdc_groups.pytdc_version()}"
     assert scoring.metrics[metric] is not METRICS[metric]
     y_true, y_pred = np.array([1.0, 2.0, 4.0, 3.0]), np.array([1.5, 1.0, 3.0, 3.5])
