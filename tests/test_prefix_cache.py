@@ -57,7 +57,8 @@ def encode(model: TaggedModel, values=VALUES, template=TEMPLATE):
 def readout_and_gradient(model: TaggedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Readout states and the gradient of a fixed random projection of them w.r.t. the function tag."""
     states = model.readout_states(batch)
-    direction = torch.randn(states.shape, generator=torch.Generator().manual_seed(1), dtype=states.dtype)
+    generator = torch.Generator().manual_seed(1)  # a CPU generator: the same direction on every device
+    direction = torch.randn(states.shape, generator=generator, dtype=states.dtype).to(states.device)
     (gradient,) = torch.autograd.grad((states * direction).sum(), model.tag_vectors["BA"])
     return states, gradient
 

@@ -49,6 +49,14 @@ def test_invalid_message_shows_the_first_five_rows_only(qed_model):
         qed_model.predict(X)
 
 
+def test_a_number_in_an_array_of_smiles_is_an_invalid_row_even_one_too_large_for_a_float(qed_model):
+    X = np.array([[10**400], ["CCO"], [7]], dtype=object)  # pandas 3.0 overflowed reading such arrays
+    expected = f"Invalid SMILES in column 'Drug' at 2 of 3 rows: 0 ({'1' + '0' * 59}... of 401 characters), 2 (7). RDKit"
+    with pytest.raises(InvalidInputError, match=re.escape(expected)) as error:
+        qed_model.predict(X)
+    assert error.value.rows == [0, 2]
+
+
 def test_invalid_protein_message():
     model = BindingAffinityRegressor(**FAST)
     X = pd.DataFrame({"Target": ["MKTAYIAK", "MKT1"], "Drug": ["CCO", "CCN"]})

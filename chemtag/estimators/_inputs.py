@@ -50,7 +50,7 @@ def as_frame(X, fields: Sequence[str] | None = None) -> pd.DataFrame:
         if array.ndim != 2:
             raise ValueError(f"X must be 1-D or 2-D, got an array of shape {array.shape}.")
         names = list(fields) if fields and len(fields) == array.shape[1] else [f"x{i}" for i in range(array.shape[1])]
-        frame = pd.DataFrame(array, columns=names)
+        frame = pd.DataFrame(array, columns=names, dtype=object)  # no inference: pandas 3.0 overflowed on huge ints
     if frame.shape[0] == 0:
         raise ValueError("X has no rows: at least one row is required.")
     if frame.shape[1] == 0:
