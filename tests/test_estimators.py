@@ -215,6 +215,7 @@ def test_a_model_fitted_on_the_gpu_predicts_on_the_cpu_in_a_process_without_one(
                             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout
     np.testing.assert_allclose(np.array(json.loads(output)), model.predict(SMILES), atol=1e-4)
 
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_domain_tags_loaded_on_the_cpu_train_with_a_gpu_backbone(tiny_llama, tmp_path):
     library = TagLibrary(tiny_llama.fingerprint)
