@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -174,3 +175,14 @@ def test_pooled_layers_add_each_layer_s_field_means_as_the_backbone_computes_its
     ((-1,), (30,)), ((1.0,), (30,)), ((0.125, 0.5, 1.0), (4, 15, 30)), ((0.01,), (1,)), ((5, -26, 0.5, 30), (5, 15, 30))])
 def test_pooled_layers_are_layer_numbers_from_the_end_or_fractions_of_the_depth(layers, numbers):
     assert pooled_layer_numbers(layers, 30) == numbers
+
+
+def test_keys_values_are_read_under_the_output_name_of_older_transformers_releases_too(tiny_llama):
+    model = _model(tiny_llama)
+    with torch.no_grad():
+        _, keys_values = model.hidden_states(_batch(model), keep_kv=True)
+    assert len(keys_values) == tiny_llama.num_layers
+    cache = SimpleNamespace(layers=[SimpleNamespace(keys=keys, values=values) for keys, values in keys_values])
+    older = SimpleNamespace(past_key_values=cache)  # ``cache`` was ``past_key_values`` in older 5.x releases
+    read = TaggedModel._keys_values(older, keep_kv=True)
+    assert all(a is c and b is d for (a, b), (c, d) in zip(read, keys_values, strict=True))
