@@ -10,7 +10,7 @@ threads (or estimators) records each caller's layers apart.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -55,7 +55,9 @@ def _install_hooks(model: nn.Module) -> None:
         setattr(model, _HOOKED, True)
 
 
-def _recorder(number: int):
+def _recorder(number: int) -> Callable[[nn.Module, tuple, object], None]:
+    """A forward hook that stores decoder layer ``number``'s output where this thread's block asks for it."""
+
     def record(module: nn.Module, args, output) -> None:
         recording = _RECORDING.get()
         if recording is not None and number in recording[0]:
