@@ -37,6 +37,11 @@ DEFAULT_FUNCTION_TAG = "Output"  # the default template's, where function_tag is
 logger = logging.getLogger(__name__)
 
 
+def is_positive_integer(value) -> bool:
+    """Whether ``value`` is an integer of at least 1, a bool not counting as one."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
 class TagLLMEstimator(BaseEstimator):
     """Base of chemtag's estimators: input columns -> domains -> a tagged prompt -> a head.
 
@@ -314,8 +319,7 @@ class TagLLMEstimator(BaseEstimator):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                     or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}.")
-        length = self.max_length
-        if length is not None and (isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1):
+        if self.max_length is not None and not is_positive_integer(self.max_length):
             raise ValueError(f"max_length must be a positive integer or None (the backbone's limit), "
                              f"got {self.max_length!r}.")
 

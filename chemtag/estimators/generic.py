@@ -10,7 +10,7 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from tqdm.auto import tqdm
 
 from chemtag.backbones import Backbone
-from chemtag.estimators._base import TagLLMEstimator
+from chemtag.estimators._base import TagLLMEstimator, is_positive_integer
 from chemtag.estimators._signatures import derived_init
 from chemtag.kernel_head import DEFAULT_LANDMARKS, KernelHead, check_kernel_memory
 from chemtag.losses import REGRESSION_LOSSES, cross_entropy
@@ -165,9 +165,8 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
             raise ValueError(f"loss must be one of {tuple(REGRESSION_LOSSES)}, got {self.loss!r}.")
         if not isinstance(self.head, str) or self.head not in self._HEADS:
             raise ValueError(f"head must be one of {self._HEADS}, got {self.head!r}.")
-        landmarks = self.kernel_landmarks
-        if isinstance(landmarks, bool) or not isinstance(landmarks, (int, np.integer)) or landmarks < 1:
-            raise ValueError(f"kernel_landmarks must be a positive integer, got {landmarks!r}.")
+        if not is_positive_integer(self.kernel_landmarks):
+            raise ValueError(f"kernel_landmarks must be a positive integer, got {self.kernel_landmarks!r}.")
 
     def _check_head_fits(self, n_rows: int, backbone: Backbone) -> None:
         if self.head == "kernel":
