@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,15 +36,24 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+EARLY_LAYERS = "early"
+"""The ``pool_layers`` preset that reads every layer of the first quarter of the backbone's depth (rounded
+up) and the final state: layers 1-8 and 30 of the default backbone, 1-8 and 32 of a 32-layer 7B model."""
+
 DEFAULT_POOL_LAYERS = (0.125, 0.5, 1.0)
 """The hidden states whose field means the estimators' heads read: an eighth of the way up, halfway and
 the final one (layers 4, 15 and 30 of the default backbone; see docs/training.md)."""
 
 
-def pooled_layer_numbers(layers: Sequence[int | float], num_layers: int) -> tuple[int, ...]:
+def pooled_layer_numbers(layers: Sequence[int | float] | str, num_layers: int) -> tuple[int, ...]:
     """Hidden-state numbers in ``1 .. num_layers`` (``num_layers``: the final state, after the last norm),
-    sorted and without repeats, from layer numbers (negative ones count from the end: -1 is the final
-    state) and fractions of the depth in (0, 1] (rounded to the nearest layer, at least the first)."""
+    sorted and without repeats, from :data:`EARLY_LAYERS` or from layer numbers (negative ones count from
+    the end: -1 is the final state) and fractions of the depth in (0, 1] (rounded to the nearest layer, at
+    least the first)."""
+    if isinstance(layers, str):
+        if layers != EARLY_LAYERS:
+            raise ValueError(f"pool_layers: the only named set of layers is {EARLY_LAYERS!r}, got {layers!r}.")
+        return tuple(sorted({*range(1, math.ceil(num_layers / 4) + 1), num_layers}))
     numbers = set()
     for layer in layers:
         if isinstance(layer, (float, np.floating)):

@@ -338,7 +338,8 @@ def test_bf16_fits_through_the_prefix_cache_with_pooled_fields():
 
 @pytest.mark.parametrize("pool_fields, pool_layers, blocks", [
     (True, (0.125, 0.5, 1.0), 5),  # the default: on two layers, the first (0.125 and 0.5 round to it) and the final
-    (True, (-1,), 3), (True, (1, 2, -1), 5), (False, (1, 2), 1)])
+    (True, (-1,), 3), (True, (1, 2, -1), 5), (False, (1, 2), 1),
+    (True, "early", 5)])  # the first quarter of two layers, rounded up, is the first; and the final
 def test_pool_fields_widens_the_head_by_one_block_per_domain_field_and_pooled_layer(pool_fields, pool_layers, blocks):
     X = pd.DataFrame({"a": SMILES, "b": SMILES[::-1], "note": ["x"] * len(SMILES)})
     model = TagLLMRegressor({"a": "SMILES", "b": "SMILES", "note": "Text"}, "Y", pool_fields=pool_fields,
@@ -350,6 +351,7 @@ def test_pool_fields_widens_the_head_by_one_block_per_domain_field_and_pooled_la
 
 @pytest.mark.parametrize("pool_layers, message", [
     ((), "non-empty sequence"), (2, "non-empty sequence"), ((1, "2"), "non-empty sequence"), ((True,), "non-empty"),
+    ("late", "^pool_layers must be 'early' or a non-empty sequence"),
     ((3,), "layer 3 does not exist; the backbone has 2 layers"), ((0,), "layer 0 does not exist"),
     ((-3,), "layer -3 does not exist"), ((1.5,), r"fraction of the depth must be in \(0, 1\], got 1.5")])
 def test_pool_layers_that_name_no_layer_are_refused(pool_layers, message):
@@ -380,6 +382,13 @@ def test_a_model_saved_before_pool_layers_existed_pools_the_final_layer_as_it_wa
     for loaded in QEDRegressor.load(folder), pickle.loads(pickle.dumps(model)):
         assert loaded.pool_layers == (-1,)
         np.testing.assert_array_equal(loaded.predict(SMILES), expected)
+
+
+def test_a_model_that_pools_the_early_layers_loads_with_them(tmp_path):
+    model = QEDRegressor(pool_layers="early", **FAST).fit(SMILES, TARGETS)
+    loaded = QEDRegressor.load(model.save(tmp_path / "model"))
+    assert loaded.pool_layers == "early"
+    np.testing.assert_array_equal(loaded.predict(SMILES), model.predict(SMILES))
 
 
 @pytest.mark.parametrize("change, width", [({"pool_fields": False}, 64), ({"pool_layers": (-1,)}, 128)])

@@ -177,6 +177,18 @@ def test_pooled_layers_are_layer_numbers_from_the_end_or_fractions_of_the_depth(
     assert pooled_layer_numbers(layers, 30) == numbers
 
 
+@pytest.mark.parametrize("num_layers, numbers", [
+    (30, (1, 2, 3, 4, 5, 6, 7, 8, 30)), (32, (1, 2, 3, 4, 5, 6, 7, 8, 32)), (24, (1, 2, 3, 4, 5, 6, 24)),
+    (2, (1, 2)), (1, (1,))])
+def test_early_layers_are_each_layer_of_the_first_quarter_rounded_up_and_the_final_state(num_layers, numbers):
+    assert pooled_layer_numbers("early", num_layers) == numbers
+
+
+def test_an_unknown_name_for_the_pooled_layers_is_refused():
+    with pytest.raises(ValueError, match="the only named set of layers is 'early', got 'late'"):
+        pooled_layer_numbers("late", 30)
+
+
 def test_keys_values_are_read_under_the_output_name_of_older_transformers_releases_too(tiny_llama):
     model = _model(tiny_llama)
     with torch.no_grad():

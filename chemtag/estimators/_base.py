@@ -24,7 +24,7 @@ from chemtag.estimators._inputs import (
 from chemtag.feature_tags import FeatureTag
 from chemtag.heads import LinearHead
 from chemtag.kernel_head import KERNEL_STATE_PREFIX, KernelHead
-from chemtag.model import DEFAULT_POOL_LAYERS, TaggedModel, pooled_layer_numbers
+from chemtag.model import DEFAULT_POOL_LAYERS, EARLY_LAYERS, TaggedModel, pooled_layer_numbers
 from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder, with_domain_tag, with_feature_slot
@@ -72,7 +72,7 @@ class TagLLMEstimator(BaseEstimator):
         tune_domain_tags: bool = False,
         isolate_segments: bool = False,
         pool_fields: bool = True,
-        pool_layers: Sequence[int | float] = DEFAULT_POOL_LAYERS,
+        pool_layers: Sequence[int | float] | str = DEFAULT_POOL_LAYERS,
         max_epochs: int = 20,
         batch_size: int = 16,
         lr: float = 1e-4,
@@ -308,10 +308,11 @@ class TagLLMEstimator(BaseEstimator):
             raise ValueError(f"max_epochs must be a non-negative integer, got {self.max_epochs!r}.")
         check_head_training(self.head_training)
         layers = self.pool_layers
-        if not isinstance(layers, (tuple, list)) or not layers or any(
-                isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in layers):
-            raise ValueError(f"pool_layers must be a non-empty sequence of layer numbers (int) or fractions of the "
-                             f"backbone's depth (float), got {layers!r}.")
+        named = isinstance(layers, str) and layers == EARLY_LAYERS
+        if not named and (not isinstance(layers, (tuple, list)) or not layers or any(
+                isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in layers)):
+            raise ValueError(f"pool_layers must be {EARLY_LAYERS!r} or a non-empty sequence of layer numbers (int) or "
+                             f"fractions of the backbone's depth (float), got {layers!r}.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}.")
         for name in ("lr", "weight_decay"):
