@@ -40,9 +40,9 @@ EARLY_LAYERS = "early"
 """The ``pool_layers`` preset that reads every layer of the first quarter of the backbone's depth (rounded
 up) and the final state: layers 1-8 and 30 of the default backbone, 1-8 and 32 of a 32-layer 7B model."""
 
-DEFAULT_POOL_LAYERS = (0.125, 0.5, 1.0)
-"""The hidden states whose field means the estimators' heads read: an eighth of the way up, halfway and
-the final one (layers 4, 15 and 30 of the default backbone; see docs/training.md)."""
+DEFAULT_POOL_LAYERS = EARLY_LAYERS
+"""The hidden states whose field means the estimators' heads read (see docs/training.md; until
+2026-11-28 ``(0.125, 0.5, 1.0)``: an eighth of the way up, halfway and the final one)."""
 
 
 def pooled_layer_numbers(layers: Sequence[int | float] | str, num_layers: int) -> tuple[int, ...]:

@@ -337,7 +337,7 @@ def test_bf16_fits_through_the_prefix_cache_with_pooled_fields():
 
 
 @pytest.mark.parametrize("pool_fields, pool_layers, blocks", [
-    (True, (0.125, 0.5, 1.0), 5),  # the default: on two layers, the first (0.125 and 0.5 round to it) and the final
+    (True, (0.125, 0.5, 1.0), 5),  # on two layers: the first (0.125 and 0.5 round to it) and the final
     (True, (-1,), 3), (True, (1, 2, -1), 5), (False, (1, 2), 1),
     (True, "early", 5)])  # the first quarter of two layers, rounded up, is the first; and the final
 def test_pool_fields_widens_the_head_by_one_block_per_domain_field_and_pooled_layer(pool_fields, pool_layers, blocks):

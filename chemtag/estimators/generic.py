@@ -65,12 +65,13 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         ``(1 + fields * layers) * d``). Those states do not depend on the function tag, so with frozen
         domain tags they are computed once per fit, in the prefix cache. ``False`` reads the function tag
         only, as Tag-LLM does; see docs/training.md.
-    pool_layers : sequence of int or float
-        The hidden states whose field means the head reads: layer numbers (1 is the first decoder
-        layer's output, -1 the final state after the backbone's last norm) or fractions of the depth in
-        (0, 1], rounded to the nearest layer (1.0 is the final state). The default ``(0.125, 0.5, 1.0)``
-        reads layers 4, 15 and 30 of the default backbone: early layers keep what the field's tokens are,
-        which properties such as hydropathy or drug-likeness follow closely; see docs/training.md.
+    pool_layers : "early" or sequence of int or float
+        The hidden states whose field means the head reads. The default ``"early"`` reads every layer of
+        the first quarter of the depth (rounded up) and the final state: layers 1-8 and 30 of the default
+        backbone. Early layers keep what the field's tokens are, which properties such as hydropathy or
+        drug-likeness follow closely; see docs/training.md. A sequence names layer numbers (1 is the first
+        decoder layer's output, -1 the final state after the backbone's last norm) or fractions of the
+        depth in (0, 1], rounded to the nearest layer (1.0 is the final state).
     max_epochs, batch_size, lr, weight_decay : training options (AdamW on tags and head, the learning rate
         rising linearly over the first 100 steps; the head is first fitted as a linear probe, epoch 0).
         ``max_epochs=0`` fits the head alone, to the states of the tags as they stand.
