@@ -167,7 +167,7 @@ METHODS: dict[str, Method] = {method.name: method for method in [
            _chemtag(pool_layers=(-1,)), variant=True),
     Method("chemtag-three-layers", "chemtag with the field means of layers an eighth of the way up, halfway and "
                                    "the final one (pool_layers=(0.125, 0.5, 1.0); the default from 2026-11-27 "
-                                   "19:52 UTC until 2026-11-28 06:30 UTC)", _chemtag(pool_layers=(0.125, 0.5, 1.0)),
+                                   "19:52 UTC until 2026-11-28 06:22 UTC)", _chemtag(pool_layers=(0.125, 0.5, 1.0)),
            variant=True),
     Method("chemtag-kernel", "chemtag with the kernel ridge head on the trained tags' states (head='kernel': "
                              "keeps every training row's state)", _chemtag(head="kernel"), variant=True),
