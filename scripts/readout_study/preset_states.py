@@ -20,7 +20,7 @@ from torch import nn
 
 from benchmarks.runner import load_data
 from benchmarks.tasks import TASKS, Rows
-from chemtag.model import TaggedModel
+from chemtag.model import EARLY_LAYERS, TaggedModel
 from chemtag.templates import EncodedPrompts, Template
 from chemtag.training import predict
 
@@ -51,13 +51,15 @@ def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentP
     parser.add_argument("--max-residues", type=int, default=max_residues, help="protein crop; 0 keeps proteins whole")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pool-layers", type=_layers, default=(-1,),
-                        help="layers whose field means the head reads, comma-separated: numbers (negative from the "
-                             "end) or fractions of the depth, e.g. 0.125,0.5,1.0 (the estimators' default); "
-                             "default -1, the final layer")
+                        help="layers whose field means the head reads: early (the estimators' default), or "
+                             "comma-separated numbers (negative from the end) or fractions of the depth, e.g. "
+                             "0.125,0.5,1.0; default -1, the final layer")
     return parser
 
 
-def _layers(text: str) -> tuple[int | float, ...]:
+def _layers(text: str) -> tuple[int | float, ...] | str:
+    if text == EARLY_LAYERS:
+        return text
     return tuple(float(item) if "." in item else int(item) for item in text.split(","))
 
 
