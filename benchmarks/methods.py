@@ -81,17 +81,20 @@ class Method:
         return [module for module in self.requires if importlib.util.find_spec(module) is None]
 
 
-def _gradient_boosting(context: Context) -> Regressor:
-    """LightGBM when installed, else scikit-learn's histogram gradient boosting, on expert features."""
-    n, seed = context.budget.boosting_rounds, context.seed
+def gradient_boosting(rounds: int, seed: int) -> Regressor:
+    """The ``gbm`` method's model on any features: LightGBM when installed, else scikit-learn's histogram
+    gradient boosting."""
     if importlib.util.find_spec("lightgbm") is not None:
         from lightgbm import LGBMRegressor
 
-        model = LGBMRegressor(n_estimators=n, learning_rate=0.05, subsample=0.8, subsample_freq=1,
-                              colsample_bytree=0.5, random_state=seed, n_jobs=2, verbose=-1)
-    else:
-        model = HistGradientBoostingRegressor(max_iter=n, learning_rate=0.05, random_state=seed)
-    return make_pipeline(context.expert_features(), model)
+        return LGBMRegressor(n_estimators=rounds, learning_rate=0.05, subsample=0.8, subsample_freq=1,
+                             colsample_bytree=0.5, random_state=seed, n_jobs=2, verbose=-1)
+    return HistGradientBoostingRegressor(max_iter=rounds, learning_rate=0.05, random_state=seed)
+
+
+def _gradient_boosting(context: Context) -> Regressor:
+    """:func:`gradient_boosting` on expert features."""
+    return make_pipeline(context.expert_features(), gradient_boosting(context.budget.boosting_rounds, context.seed))
 
 
 def _random_forest(context: Context) -> Regressor:

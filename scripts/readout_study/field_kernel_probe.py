@@ -31,7 +31,7 @@ from benchmarks.metrics import concordance_index
 from chemtag.heads import LinearHead
 from chemtag.kernel_head import KERNEL_PENALTIES, KERNEL_WIDTHS, mean_distances, standardised
 from chemtag.losses import squared_error
-from preset_states import head_inputs, mean_predictor_mse, study_parser, study_states
+from preset_states import mean_predictor_mse, saved_head_inputs, study_parser
 
 SCALES = (0.0, 1 / 3, 3.0)
 """Factors tried on one block's weight at a time."""
@@ -88,20 +88,9 @@ def main() -> None:
     parser.add_argument("--states", type=Path, help="keep the computed states in this .npz and read them back")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.states and args.states.exists():
-        saved = np.load(args.states)
-        features, y, n_train, d, fields = (saved[key] for key in ("features", "y", "n_train", "d", "fields"))
-        n_train, d, fields = int(n_train), int(d), int(fields)
-    else:
-        states = study_states(args, pool_fields=True)
-        features = head_inputs(states, batch_size=16, bf16=True)
-        y, n_train = states.y, states.n_train
-        d, fields = states.model.backbone.hidden_size, states.model.pooled_fields
-        if args.states:
-            np.savez(args.states, features=features, y=y, n_train=n_train, d=d, fields=fields)
-    field_width = (features.shape[1] - d) // fields
-    blocks = {"readout": slice(0, d)} | {f"field {k + 1}": slice(d + k * field_width, d + (k + 1) * field_width)
-                                         for k in range(fields)}
+    inputs = saved_head_inputs(args, args.states, batch_size=16, bf16=True)
+    features, y, n_train, d = inputs.features, inputs.y, inputs.n_train, inputs.hidden_size
+    blocks = {"readout": slice(0, d)} | {f"field {k + 1}": columns for k, columns in enumerate(inputs.field_columns())}
     print(f"{args.task}, {n_train:,} train / {len(y) - n_train:,} test, seed {args.seed}; mean predictor MSE "
           f"{mean_predictor_mse(y, n_train):.4f}; blocks: " + ", ".join(
               f"{name} {s.stop - s.start:,} features" for name, s in blocks.items()), flush=True)

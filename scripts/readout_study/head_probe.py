@@ -12,13 +12,11 @@ head keeps when it stores only those rows instead of every training row.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/head_probe.py --task qed --n-train 2500 --n-test 500
 
-``--states FILE.npz`` keeps the computed states (``features``, ``y``, ``n_train``) and reads them back on
-the next run with the same arguments.
+``--states FILE.npz`` keeps the computed states and reads them back on the next run with the same arguments.
 """
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -34,7 +32,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
+from preset_states import mean_predictor_mse, ridge_probe, saved_head_inputs, study_parser
 
 WIDTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 """Kernel widths ``gamma`` in units of ``1 / features``."""
@@ -99,18 +97,6 @@ def mlp() -> TransformedTargetRegressor:
     return TransformedTargetRegressor(make_pipeline(StandardScaler(), model), transformer=StandardScaler())
 
 
-def head_states(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int]:
-    """The head's input ``(n, (1 + fields * layers) * d)``, the labels ``(n,)`` and the number of training rows."""
-    if args.states and args.states.exists():
-        saved = np.load(args.states)
-        return saved["features"], saved["y"], int(saved["n_train"])
-    states = study_states(args, pool_fields=True)
-    features = head_inputs(states, batch_size=16, prefix_cache=False)
-    if args.states:
-        np.savez(args.states, features=features, y=states.y, n_train=states.n_train)
-    return features, states.y, states.n_train
-
-
 def main() -> None:
     # The degree-2 polynomial kernel's matrix is singular at small penalties: scikit-learn then solves the
     # dual problem by least squares, and says so for every fit of the grid.
@@ -119,7 +105,8 @@ def main() -> None:
     parser.add_argument("--states", type=Path, help="an .npz file that keeps the computed states")
     args = parser.parse_args()
 
-    features, y, n_train = head_states(args)
+    inputs = saved_head_inputs(args, args.states, batch_size=16, prefix_cache=False)
+    features, y, n_train = inputs.features, inputs.y, inputs.n_train
     mean_mse = mean_predictor_mse(y, n_train)
     print(f"{args.task}, {n_train:,} train / {len(y) - n_train:,} test, seed {args.seed}, "
           f"{features.shape[1]} features; mean predictor MSE {mean_mse:.5g}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -77,6 +78,39 @@ def head_inputs(states: PresetStates, **options) -> np.ndarray:
     features = predict(states.model, states.prompts, verbose=1, **options).numpy()
     print(f"states of {len(features):,} prompts: {time.perf_counter() - started:.0f} s", flush=True)
     return features
+
+
+@dataclass
+class HeadInputs:
+    """What the head reads for a study's rows (training rows first, ``n_train`` of them): ``features``
+    ``(n, (1 + fields * layers) * hidden_size)``, the readout then each pooled field's means, and the labels
+    ``y`` ``(n,)``."""
+
+    features: np.ndarray
+    y: np.ndarray
+    n_train: int
+    hidden_size: int
+    fields: int
+
+    def field_columns(self) -> list[slice]:
+        """The columns of each pooled field's means, in the template's order."""
+        width = (self.features.shape[1] - self.hidden_size) // self.fields
+        return [slice(self.hidden_size + k * width, self.hidden_size + (k + 1) * width) for k in range(self.fields)]
+
+
+def saved_head_inputs(args: argparse.Namespace, path: Path | None, **options) -> HeadInputs:
+    """:func:`head_inputs` (with ``options``) of the rows of :func:`study_states` with pooled fields, kept in
+    the ``.npz`` file ``path`` and read back from it when it exists."""
+    if path and path.exists():
+        saved = np.load(path)
+        return HeadInputs(saved["features"], saved["y"], *(int(saved[key]) for key in ("n_train", "d", "fields")))
+    states = study_states(args, pool_fields=True)
+    inputs = HeadInputs(head_inputs(states, **options), states.y, states.n_train,
+                        states.model.backbone.hidden_size, states.model.pooled_fields)
+    if path:
+        np.savez(path, features=inputs.features, y=inputs.y, n_train=inputs.n_train, d=inputs.hidden_size,
+                 fields=inputs.fields)
+    return inputs
 
 
 def preset_states(task_name: str, n_train: int, n_test: int, seed: int, max_residues: int | None,
