@@ -1,6 +1,8 @@
-"""What the probe studies share: a benchmark task's seeded rows, its preset's untrained model, ridge probes.
+"""What the probe studies share: a benchmark task's seeded rows, its preset's untrained model, the states its
+head reads (kept in a file on request), ridge probes.
 
-``layer_probe.py``, ``pooling_probe.py`` and ``head_probe.py`` import it (run from the project root with
+``layer_probe.py``, ``pooling_probe.py``, ``head_probe.py``, ``field_kernel_probe.py`` and
+``representation_swap.py`` import it (run from the project root with
 ``PYTHONPATH=.``; the script's own folder is on the path).
 """
 
@@ -43,7 +45,8 @@ class PresetStates:
 
 def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentParser:
     """The arguments every probe study takes: the task, its training and test rows, the seed, the protein
-    crop (``max_residues`` by default; 0 keeps proteins whole), the torch threads and the pooled layers."""
+    crop (``max_residues`` by default; 0 keeps proteins whole), the torch threads, the pooled layers and
+    whether proteins are written one residue a token."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--task", default="qed")
     parser.add_argument("--n-train", type=int, default=2500)
@@ -55,6 +58,8 @@ def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentP
                         help="layers whose field means the head reads: early (the estimators' default), or "
                              "comma-separated numbers (negative from the end) or fractions of the depth, e.g. "
                              "0.125,0.5,1.0; default -1, the final layer")
+    parser.add_argument("--spaced-proteins", action="store_true",
+                        help="write each protein residue as a word of its own ('M K T ...': one token each)")
     return parser
 
 
@@ -68,7 +73,7 @@ def study_states(args: argparse.Namespace, pool_fields: bool) -> PresetStates:
     """:func:`preset_states` for the arguments of :func:`study_parser`, on ``args.threads`` torch threads."""
     torch.set_num_threads(args.threads)
     return preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None, pool_fields,
-                         pool_layers=args.pool_layers)
+                         spaced_proteins=args.spaced_proteins, pool_layers=args.pool_layers)
 
 
 def head_inputs(states: PresetStates, **options) -> np.ndarray:
@@ -114,13 +119,16 @@ def saved_head_inputs(args: argparse.Namespace, path: Path | None, **options) ->
 
 
 def preset_states(task_name: str, n_train: int, n_test: int, seed: int, max_residues: int | None,
-                  pool_fields: bool, **options) -> PresetStates:
-    """Seeded train/test rows of the benchmark task (fold 0; proteins cut to ``max_residues``, ``None`` whole)
-    through its preset with ``pool_fields`` and the estimator parameters ``options`` as given; fields are
-    pooled in the final layer only unless ``options`` names ``pool_layers``."""
+                  pool_fields: bool, spaced_proteins: bool = False, **options) -> PresetStates:
+    """Seeded train/test rows of the benchmark task (fold 0; proteins cut to ``max_residues``, ``None`` whole,
+    and with ``spaced_proteins`` a space between residues) through its preset with ``pool_fields`` and the
+    estimator parameters ``options`` as given; fields are pooled in the final layer only unless ``options``
+    names ``pool_layers``."""
     task = TASKS[task_name]
     data = load_data(task, Rows(n_train, n_test, max_residues), 0, seed)
     X = pd.concat([data.X_train, data.X_test], ignore_index=True)
+    if spaced_proteins:
+        X = X.assign(**{column: X[column].map(" ".join) for column in task.columns("protein")})
     options = {"pool_layers": (-1,)} | options
     estimator = task.estimator(protein_alphabet="extended", pool_fields=pool_fields, **options)
     fields = estimator._fields(X)
