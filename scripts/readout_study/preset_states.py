@@ -45,8 +45,8 @@ class PresetStates:
 
 def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentParser:
     """The arguments every probe study takes: the task, its training and test rows, the seed, the protein
-    crop (``max_residues`` by default; 0 keeps proteins whole), the torch threads, the pooled layers and
-    whether proteins are written one residue a token."""
+    crop (``max_residues`` by default; 0 keeps proteins whole), the torch threads, the pooled layers,
+    whether proteins are written one residue a token and whether the domain tags are the shipped ones."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--task", default="qed")
     parser.add_argument("--n-train", type=int, default=2500)
@@ -60,6 +60,8 @@ def study_parser(description: str, max_residues: int = 64) -> argparse.ArgumentP
                              "0.125,0.5,1.0; default -1, the final layer")
     parser.add_argument("--spaced-proteins", action="store_true",
                         help="write each protein residue as a word of its own ('M K T ...': one token each)")
+    parser.add_argument("--init-domain-tags", action="store_true",
+                        help="domain tags at Tag-LLM's initialisation instead of the shipped stage-1 tags")
     return parser
 
 
@@ -72,8 +74,9 @@ def _layers(text: str) -> tuple[int | float, ...] | str:
 def study_states(args: argparse.Namespace, pool_fields: bool) -> PresetStates:
     """:func:`preset_states` for the arguments of :func:`study_parser`, on ``args.threads`` torch threads."""
     torch.set_num_threads(args.threads)
+    options = {"domain_tags": None} if args.init_domain_tags else {}
     return preset_states(args.task, args.n_train, args.n_test, args.seed, args.max_residues or None, pool_fields,
-                         spaced_proteins=args.spaced_proteins, pool_layers=args.pool_layers)
+                         spaced_proteins=args.spaced_proteins, pool_layers=args.pool_layers, **options)
 
 
 def head_inputs(states: PresetStates, **options) -> np.ndarray:
