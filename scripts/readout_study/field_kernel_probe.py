@@ -28,24 +28,12 @@ import numpy as np
 import torch
 
 from benchmarks.metrics import concordance_index
-from chemtag.heads import LinearHead
 from chemtag.kernel_head import KERNEL_PENALTIES, KERNEL_WIDTHS, mean_distances, standardised
-from chemtag.losses import squared_error
-from preset_states import mean_predictor_mse, saved_head_inputs, study_parser
+from preset_states import mean_predictor_mse, probe_head, saved_head_inputs, study_parser
 
 SCALES = (0.0, 1 / 3, 3.0)
 """Factors tried on one block's weight at a time."""
 VALIDATION_FRACTION = 0.2
-
-
-def standardised_features(features: np.ndarray, y: np.ndarray, n_train: int, hidden_size: int) -> torch.Tensor:
-    """``features`` ``(n, blocks * d)`` standardised as the kernel head standardises them: by a linear head
-    initialised on the training rows."""
-    states, targets = torch.from_numpy(features).float(), torch.from_numpy(y).float()
-    base = LinearHead(hidden_size, 1, blocks=features.shape[1] // hidden_size)
-    base.initialise(states[:n_train], targets[:n_train], squared_error)
-    with torch.no_grad():
-        return standardised(base, states)
 
 
 def block_distances(features: torch.Tensor, n_train: int, blocks: dict[str, slice]) -> dict[str, torch.Tensor]:
@@ -63,8 +51,11 @@ def block_distances(features: torch.Tensor, n_train: int, blocks: dict[str, slic
 def kernel(distances: dict[str, torch.Tensor], weights: dict[str, float], rows: torch.Tensor,
            columns: torch.Tensor) -> torch.Tensor:
     """``exp(-sum_b weights[b] * distances[b])`` between ``rows`` and ``columns`` (indices ``(r,)``, ``(c,)``)."""
-    exponent = sum(weight * distances[name][rows][:, columns] for name, weight in weights.items() if weight)
-    return torch.exp(-exponent) if torch.is_tensor(exponent) else torch.ones(len(rows), len(columns))
+    exponent = torch.zeros(len(rows), len(columns), dtype=torch.float64)
+    for name, weight in weights.items():
+        if weight:
+            exponent += weight * distances[name][rows][:, columns]
+    return torch.exp(-exponent)
 
 
 def ridge_predictions(distances: dict[str, torch.Tensor], weights: dict[str, float], y: torch.Tensor,
@@ -95,7 +86,9 @@ def main() -> None:
           f"{mean_predictor_mse(y, n_train):.4f}; blocks: " + ", ".join(
               f"{name} {s.stop - s.start:,} features" for name, s in blocks.items()), flush=True)
 
-    distances = block_distances(standardised_features(features, y, n_train, d), n_train, blocks)
+    with torch.no_grad():  # standardised as the kernel head standardises them
+        standardised_features = standardised(probe_head(features, y, n_train, d), torch.from_numpy(features))
+    distances = block_distances(standardised_features, n_train, blocks)
     targets = torch.from_numpy(y).double()
     order = torch.from_numpy(np.random.default_rng(args.seed).permutation(n_train))
     held_out = int(VALIDATION_FRACTION * n_train)

@@ -23,10 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chemtag.heads import LinearHead
 from chemtag.kernel_head import KernelHead
-from chemtag.losses import squared_error
-from preset_states import head_inputs, mean_predictor_mse, ridge_probe, study_parser, study_states
+from preset_states import head_inputs, mean_predictor_mse, probe_head, ridge_probe, study_parser, study_states
 
 
 def read_every_layer(model) -> None:
@@ -67,8 +65,7 @@ def kernel_probe(features: np.ndarray, y: np.ndarray, n_train: int, hidden_size:
     rows of ``features`` ``(n, blocks * hidden_size)`` (on a linear head fitted to them, as the estimator's
     probe is) and scored on the rest."""
     states, targets = torch.from_numpy(features).float(), torch.from_numpy(y).float()
-    base = LinearHead(hidden_size, 1, blocks=features.shape[1] // hidden_size)
-    base.initialise(states[:n_train], targets[:n_train], squared_error)
+    base = probe_head(features, y, n_train, hidden_size)
     head, _ = KernelHead.fit(base, states[:n_train], targets[:n_train], seed=0)
     with torch.no_grad():
         predicted = head(states[n_train:])[:, 0].double().numpy()

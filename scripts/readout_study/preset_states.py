@@ -23,6 +23,8 @@ from torch import nn
 
 from benchmarks.runner import load_data
 from benchmarks.tasks import TASKS, Rows
+from chemtag.heads import LinearHead
+from chemtag.losses import squared_error
 from chemtag.model import EARLY_LAYERS, TaggedModel
 from chemtag.templates import EncodedPrompts, Template
 from chemtag.training import predict
@@ -134,14 +136,30 @@ def preset_states(task_name: str, n_train: int, n_test: int, seed: int, max_resi
         X = X.assign(**{column: X[column].map(" ".join) for column in task.columns("protein")})
     options = {"pool_layers": (-1,)} | options
     estimator = task.estimator(protein_alphabet="extended", pool_fields=pool_fields, **options)
+    model, prompts = untrained_model(estimator, X)
+    return PresetStates(model, prompts, np.concatenate([data.y_train, data.y_test]).astype(float),
+                        len(data.X_train))
+
+
+def untrained_model(estimator, X: pd.DataFrame) -> tuple[TaggedModel, EncodedPrompts]:
+    """The model ``estimator`` would start a fit on ``X`` from (its untrained function tag and the domain tags
+    it loads), with the head replaced by the identity so that ``predict`` returns the head's input, and the
+    prompts of ``X``'s rows."""
     fields = estimator._fields(X)
     estimator.fields_, estimator.template_ = fields, estimator.template
     template = Template.parse(estimator.template_)
     model = estimator._new_model(estimator._backbone(), template, features=None)
     model.head = nn.Identity()
-    prompts = estimator._encoder(template, model).encode({column: list(X[column]) for column in fields})
-    return PresetStates(model, prompts, np.concatenate([data.y_train, data.y_test]).astype(float),
-                        len(data.X_train))
+    return model, estimator._encoder(template, model).encode({column: list(X[column]) for column in fields})
+
+
+def probe_head(features: np.ndarray, y: np.ndarray, n_train: int, hidden_size: int) -> LinearHead:
+    """The estimator's linear head initialised (standardisation and probe) on the first ``n_train`` rows of
+    ``features`` ``(n, blocks * hidden_size)`` and labels ``y`` ``(n,)``, as a fit's epoch 0 initialises it."""
+    head = LinearHead(hidden_size, 1, blocks=features.shape[1] // hidden_size)
+    head.initialise(torch.from_numpy(features[:n_train]).float(), torch.from_numpy(y[:n_train]).float(),
+                    squared_error)
+    return head
 
 
 def mean_predictor_mse(y: np.ndarray, n_train: int) -> float:

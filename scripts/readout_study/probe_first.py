@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
@@ -24,9 +25,9 @@ from torch import nn
 from chemtag.datasets import demo_smiles
 from chemtag.descriptors import qed
 from chemtag.estimators import QEDRegressor
-from chemtag.templates import Template
 from chemtag.training import predict
 from chemtag.validation import canonical_smiles
+from preset_states import untrained_model
 
 N_ROWS, N_TRAIN = 1000, 800
 RUNS = ((1e-3, 10), (1e-3, 50), (1e-2, 10))
@@ -37,12 +38,7 @@ def qed_readouts() -> tuple[torch.Tensor, np.ndarray]:
     """Readouts ``(N_ROWS, d)`` and QED labels ``(N_ROWS,)`` of the seeded demo SMILES."""
     smiles = [s for s in demo_smiles() if canonical_smiles(s) and len(s) <= 80]
     chosen = [smiles[i] for i in np.random.default_rng(0).permutation(len(smiles))[:N_ROWS]]
-    estimator = QEDRegressor(pool_fields=False)
-    estimator.fields_, estimator.template_ = {"Drug": "SMILES"}, estimator.template
-    template = Template.parse(estimator.template_)
-    model = estimator._new_model(estimator._backbone(), template, features=None)
-    model.head = nn.Identity()
-    prompts = estimator._encoder(template, model).encode({"Drug": chosen})
+    model, prompts = untrained_model(QEDRegressor(pool_fields=False), pd.DataFrame({"Drug": chosen}))
     return predict(model, prompts, 32, bf16=True), qed(chosen)
 
 
