@@ -66,17 +66,14 @@ class LinearHead(nn.Module):
         """Fit the head to fixed readouts: a linear probe that training then starts from.
 
         ``readouts`` ``(n, blocks * d)`` are the hidden states of the training rows before any tag update and
-        ``targets`` ``(n, ...)`` their targets. The standardisation takes their per-feature mean and
-        spread (a feature that hardly varies is not blown up to the others' spread); the linear map
-        minimises ``loss_fn`` plus an L2 penalty on its weight by L-BFGS, the penalty chosen from
-        :data:`PENALTIES` by :data:`PROBE_FOLDS`-fold cross-validation over the rows (interleaved
-        folds; ``groups`` ``(n,)`` keeps copies of one input in one fold), or :data:`DEFAULT_PENALTY` with
-        fewer than two rows a fold or fewer groups than folds. Returns the penalty.
+        ``targets`` ``(n, ...)`` their targets. The standardisation is fitted to the readouts
+        (:meth:`fit_standardisation`); the linear map minimises ``loss_fn`` plus an L2 penalty on its
+        weight by L-BFGS, the penalty chosen from :data:`PENALTIES` by :data:`PROBE_FOLDS`-fold
+        cross-validation over the rows (interleaved folds; ``groups`` ``(n,)`` keeps copies of one input
+        in one fold), or :data:`DEFAULT_PENALTY` with fewer than two rows a fold or fewer groups than
+        folds. Returns the penalty.
         """
-        normalised = self.normalised(readouts.float())
-        self.feature_mean.copy_(normalised.mean(dim=0))
-        variance = normalised.var(dim=0, unbiased=False)
-        self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
+        self.fit_standardisation(readouts)
         features = self.features(readouts.float())
         group_of_row = group_index(groups, len(features))
         enough = len(features) >= 2 * PROBE_FOLDS and group_of_row.max() + 1 >= PROBE_FOLDS
@@ -85,6 +82,15 @@ class LinearHead(nn.Module):
         self._reset_linear()
         self._fit_linear(features, targets, loss_fn, penalty)
         return penalty
+
+    @torch.no_grad()
+    def fit_standardisation(self, readouts: torch.Tensor) -> None:
+        """Take the standardisation from ``readouts`` ``(n, blocks * d)``: each normalised feature's mean and
+        spread (a feature that hardly varies is not blown up to the others' spread)."""
+        normalised = self.normalised(readouts.float())
+        self.feature_mean.copy_(normalised.mean(dim=0))
+        variance = normalised.var(dim=0, unbiased=False)
+        self.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
 
     def _cross_validated_penalty(self, features: torch.Tensor, targets: torch.Tensor, loss_fn: LossFunction,
                                  group_of_row: np.ndarray) -> float:

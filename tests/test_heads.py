@@ -40,6 +40,14 @@ def test_initialise_standardises_every_feature_of_the_normalised_readouts():
     torch.testing.assert_close(features.std(dim=0, unbiased=False), torch.full((D,), 1 / math.sqrt(D)), atol=0, rtol=0.05)
 
 
+def test_fitting_the_standardisation_alone_leaves_the_head_predicting_zero():
+    readouts, _ = _readouts(50, seed=4)
+    head = LinearHead(D, 1)
+    head.fit_standardisation(readouts)
+    torch.testing.assert_close(head.features(readouts).mean(dim=0), torch.zeros(D), atol=1e-4, rtol=0)
+    assert torch.equal(head(readouts), torch.zeros(50, 1))
+
+
 def test_the_probe_finds_a_linear_signal_hidden_under_a_large_offset():
     readouts, signal = _readouts(300, seed=1)
     targets = signal @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])

@@ -1,45 +1,58 @@
-"""Probe loss of 200 demo SMILES through the cached (eval, train mode) and uncached paths, fp32 and bf16."""
-import numpy as np, pandas as pd, torch
+"""The probe's loss on 200 demo SMILES through each path a readout can take, in float32 and under bf16.
+
+The untrained ``QEDRegressor`` model (readout alone) computes the readouts of the rows through the prefix
+cache in eval mode, the path a fit's probe is fitted on; the head's probe is fitted to them, and its
+training loss (targets standardised) is then measured on readouts from the cache in training mode and from
+whole prompts without the cache.
+
+    PYTHONPATH=. .venv/bin/python scripts/readout_study/bf16_paths.py
+"""
+import numpy as np
+import pandas as pd
+import torch
+
 from chemtag.datasets import demo_smiles
 from chemtag.descriptors import qed
-from chemtag.validation import canonical_smiles
 from chemtag.estimators import QEDRegressor
-from chemtag.templates import Template
-from chemtag.training import _batcher, _computed, _outputs
-from chemtag.prefix_cache import PrefixCache
+from chemtag.losses import squared_error
 from chemtag.model import autocast
+from chemtag.prefix_cache import PrefixCache
+from chemtag.training import _batcher, _computed, _outputs
+from chemtag.validation import canonical_smiles
+from preset_states import probe_head, untrained_model
+
+N_ROWS, BATCH_SIZE = 200, 16
+
 torch.set_num_threads(2)
 smiles = [s for s in demo_smiles() if canonical_smiles(s) and len(s) <= 80]
-rows = np.random.default_rng(0).permutation(len(smiles))[:200]
-table = pd.DataFrame({"Drug": [smiles[i] for i in rows]}); table["QED"] = qed(table["Drug"])
-est = QEDRegressor(pool_fields=False); est.fields_ = {"Drug": "SMILES"}; est.template_ = est.template
-bb = est._backbone(); tpl = Template.parse(est.template_)
-model = est._new_model(bb, tpl, None)
-prompts = est._encoder(tpl, model).encode({"Drug": list(table.Drug)})
-y = torch.tensor(((table.QED - table.QED.mean())/table.QED.std()).to_numpy(), dtype=torch.float32)
-mse = lambda o, t: torch.nn.functional.mse_loss(o.squeeze(-1), t)
-for bf16 in (False, True):
-    cache = _computed(PrefixCache(model, prompts), 16, bf16, 2**30, 0)
-    b = _batcher(model, prompts, cache)
-    allrows = np.arange(200)
-    R = _outputs(model, b, allrows, prompts.lengths, 16, bf16, readouts_only=True)
-    model.head.initialise(R, y, mse)
-    print("bf16", bf16, "probe loss (eval readouts):", mse(model.head(R), y).item())
-    model.train()
-    tot = 0
-    for s in range(0, 200, 16):
-        r = allrows[s:s+16]
-        with autocast(model.backbone.device, bf16):
-            out = model(b(r))
-        tot += mse(out, y[r]).item()*len(r)
-    print("  train-mode cached forward loss:", tot/200)
-    nob = _batcher(model, prompts, None)
-    tot = 0
+chosen = np.random.default_rng(0).permutation(len(smiles))[:N_ROWS]
+table = pd.DataFrame({"Drug": [smiles[i] for i in chosen]})
+labels = qed(table["Drug"])
+y = ((labels - labels.mean()) / labels.std()).to_numpy()
+targets = torch.tensor(y, dtype=torch.float32)
+model, prompts = untrained_model(QEDRegressor(pool_fields=False), table)
+rows = np.arange(N_ROWS)
+
+
+def probe_loss(head, batcher, bf16: bool) -> float:
+    """The head's squared error over every row, readouts from ``batcher`` in the model's current mode."""
+    total = 0.0
     with torch.no_grad():
-        for s in range(0, 200, 16):
-            r = allrows[s:s+16]
+        for start in range(0, N_ROWS, BATCH_SIZE):
+            batch = rows[start:start + BATCH_SIZE]
             with autocast(model.backbone.device, bf16):
-                out = model(nob(r))
-            tot += mse(out, y[r]).item()*len(r)
-    print("  uncached forward loss:", tot/200)
+                readouts = model(batcher(batch)).float()
+            total += squared_error(head(readouts), targets[batch]).item() * len(batch)
+    return total / N_ROWS
+
+
+for bf16 in (False, True):
     model.eval()
+    cached = _batcher(model, prompts, _computed(PrefixCache(model, prompts), BATCH_SIZE, bf16, 2**30, 0))
+    readouts = _outputs(model, cached, rows, prompts.lengths, BATCH_SIZE, bf16, readouts_only=True)
+    head = probe_head(readouts.numpy(), y, N_ROWS, model.backbone.hidden_size)
+    print(f"bf16={bf16}: probe loss, cached readouts in eval mode: {probe_loss(head, cached, bf16):.4f}")
+    model.train()
+    print(f"  cached readouts in training mode: {probe_loss(head, cached, bf16):.4f}")
+    model.eval()
+    print(f"  whole prompts without the cache: {probe_loss(head, _batcher(model, prompts, None), bf16):.4f}")

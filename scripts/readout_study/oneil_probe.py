@@ -7,6 +7,9 @@ training and the test loss, all in squared error of targets standardised by the 
 Readouts are cached in /tmp/exp/oneil/readouts.npz.
 
     PYTHONPATH=. .venv/bin/python scripts/readout_study/oneil_probe.py
+
+The readouts are today's estimator's (its template and pooled layers); the table in
+docs/benchmarks_suite.md measured the estimator of 2026-11-26.
 """
 from pathlib import Path
 
@@ -19,24 +22,20 @@ from benchmarks.runner import load_data
 from benchmarks.tasks import TASKS, Rows
 from chemtag import DrugComboRegressor
 from chemtag.heads import LinearHead
-from chemtag.templates import Template
 from chemtag.training import predict
+from preset_states import untrained_model
 
 torch.set_num_threads(2)
 data = load_data(TASKS["dc-oneil"], Rows(400, 200), fold=0, seed=0)
 swap = lambda frame: frame.rename(columns={"Drug1": "Drug2", "Drug2": "Drug1"})[list(frame.columns)]
 cache = Path("/tmp/exp/oneil/readouts.npz")
 if not cache.exists():
-    est = DrugComboRegressor(pool_fields=False)  # the readout alone, as measured
-    est.fields_ = {"Drug1": "SMILES", "Drug2": "SMILES", "Cell_Line_ID": "Text"}
-    est.template_ = est.template
-    backbone, template = est._backbone(), Template.parse(est.template)
-    model = est._new_model(backbone, template, None)
-    model.head = torch.nn.Identity()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    estimator = DrugComboRegressor(pool_fields=False)  # the readout alone, as measured
     readouts = {}
     for name, frame in (("train", data.X_train), ("train_swapped", swap(data.X_train)), ("test", data.X_test),
                         ("test_swapped", swap(data.X_test))):
-        prompts = est._encoder(template, model).encode({c: [str(v) for v in frame[c]] for c in est.fields_})
+        model, prompts = untrained_model(estimator, frame)
         readouts[name] = predict(model, prompts, 16, bf16=False).numpy()
         print(name, readouts[name].shape, flush=True)
     np.savez(cache, **readouts)
@@ -55,11 +54,7 @@ mse = lambda o, t: torch.nn.functional.mse_loss(o.squeeze(-1), t)
 def fitted(features_rows, penalty, fit_loss):
     head = LinearHead(R["train"].shape[1], 1)
     readouts = torch.tensor(R["train"][features_rows])
-    with torch.no_grad():  # the standardisation statistics, as LinearHead.initialise takes them
-        normalised = head.norm(readouts)
-        variance = normalised.var(dim=0, unbiased=False)
-        head.feature_mean.copy_(normalised.mean(dim=0))
-        head.feature_scale.copy_(torch.rsqrt(variance + 1e-4 * variance.mean() + 1e-12))
+    head.fit_standardisation(readouts)
     head._fit_linear(head.features(readouts), y[features_rows], fit_loss, penalty)
     return head
 
