@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.dummy import DummyRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from benchmarks.chemprop_baseline import ChempropRegressor, environment_ready
 from benchmarks.features import ExpertFeatures
@@ -103,6 +105,10 @@ def _random_forest(context: Context) -> Regressor:
     return make_pipeline(context.expert_features(), forest)
 
 
+def _ridge(context: Context) -> Regressor:
+    return make_pipeline(context.expert_features(), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 5, 17)))
+
+
 def _deepdta(context: Context) -> Regressor:
     protein_length = min(1200, context.rows.max_residues or 1200)
     return DeepDTARegressor(protein_length=protein_length, epochs=context.budget.neural_epochs,
@@ -157,6 +163,7 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("gbm", "LightGBM (else sklearn HistGradientBoosting) on Morgan counts [+ AA/dipeptide composition] "
                   "[+ cell-line expression]", _gradient_boosting),
     Method("random-forest", "random forest on the same features", _random_forest),
+    Method("ridge", "ridge regression on the same features, standardised (penalty by leave-one-out)", _ridge),
     Method("deepdta", "DeepDTA CNN-CNN, reimplemented in torch", _deepdta, tasks=("ba-davis",)),
     Method("deepsynergy", "DeepSynergy-style MLP, torch", _deepsynergy, tasks=("dc-oneil",)),
     Method("chemprop", "chemprop 2.3.1's default MPNN, run by the chemprop CLI in its own environment",

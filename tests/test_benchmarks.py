@@ -465,8 +465,8 @@ def test_cli_lists_tasks_and_methods(capsys):
 
 def test_a_run_leaves_chemtag_s_variants_out_unless_they_are_named():
     default = [m.name for m in resolve_methods(TASKS["dc-oneil"], None)]
-    assert default == ["mean", "gbm", "random-forest", "deepsynergy", "chemtag", "probe-mean", "probe-last",
-                       "prompt-tuning", "lora"]
+    assert default == ["mean", "gbm", "random-forest", "ridge", "deepsynergy", "chemtag", "probe-mean",
+                       "probe-last", "prompt-tuning", "lora"]
     named = resolve_methods(TASKS["dc-oneil"], ["chemtag", "chemtag-kernel", "deepdta"])
     assert [m.name for m in named] == ["chemtag", "chemtag-kernel"]  # deepdta is for ba-davis only
 
