@@ -28,7 +28,7 @@ smiles = [s for s in demo_smiles() if canonical_smiles(s) and len(s) <= 80]
 chosen = np.random.default_rng(0).permutation(len(smiles))[:N_ROWS]
 table = pd.DataFrame({"Drug": [smiles[i] for i in chosen]})
 labels = qed(table["Drug"])
-y = ((labels - labels.mean()) / labels.std()).to_numpy()
+y = (labels - labels.mean()) / labels.std(ddof=1)
 targets = torch.tensor(y, dtype=torch.float32)
 model, prompts = untrained_model(QEDRegressor(pool_fields=False), table)
 rows = np.arange(N_ROWS)
