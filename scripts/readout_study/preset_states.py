@@ -1,9 +1,9 @@
 """What the probe studies share: a benchmark task's seeded rows, its preset's untrained model, the states its
 head reads (kept in a file on request), ridge probes.
 
-``layer_probe.py``, ``pooling_probe.py``, ``head_probe.py``, ``field_kernel_probe.py`` and
-``representation_swap.py`` import it (run from the project root with
-``PYTHONPATH=.``; the script's own folder is on the path).
+``layer_probe.py``, ``pooling_probe.py``, ``head_probe.py``, ``field_kernel_probe.py``,
+``representation_swap.py``, ``probe_first.py``, ``bf16_paths.py`` and ``oneil_probe.py`` import it (run
+from the project root with ``PYTHONPATH=.``; the script's own folder is on the path).
 """
 
 from __future__ import annotations
