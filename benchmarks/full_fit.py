@@ -1,21 +1,23 @@
-"""One full ``BindingAffinityRegressor`` fit on Davis, resumable: train on folds 0-4, report the test fold.
+"""One full-budget fit of a task's chemtag preset, resumable: train on the task's split, report its test rows.
 
-DeepDTA's setting 1 (``ba-davis``'s split): the 25,046 pairs of folds 0-4 train (10% of them held out
-for early stopping), the 5,010 pairs of the ``test`` fold are predicted once, at the end. The fit
-checkpoints every epoch into ``--checkpoint-dir``; run the same command again after it was killed and
-it resumes after the last finished epoch. Every run of the command is a *segment*, appended to
-``<checkpoint-dir>/segments.json`` with its wall time, so the result sums the whole fit's wall time
-over restarts: the work each run kept (a killed run counts until its last checkpoint; each restart
-recomputes the prefix cache, which is in its segment's time). A run stopped by Ctrl-C writes no result.
-Resume with the code that started the fit (each segment records its commit): a checkpoint of a fit
-whose fingerprint the code computes differently is refused.
+The task's split at the full budget (``ba-davis``: DeepDTA's setting 1, the 25,046 pairs of folds 0-4
+train and the 5,010 pairs of the ``test`` fold are predicted; ``dc-oneil``: the triples of the drug pairs
+outside ``--fold``), with proteins whole; 10% of the training rows are held out for early stopping, and
+the test rows are predicted once, at the end. The fit checkpoints every epoch into ``--checkpoint-dir``;
+run the same command again after it was killed and it resumes after the last finished epoch. Every run of
+the command is a *segment*, appended to ``<checkpoint-dir>/segments.json`` with its wall time, so the
+result sums the whole fit's wall time over restarts: the work each run kept (a killed run counts until
+its last checkpoint; each restart recomputes the prefix cache, which is in its segment's time). A run
+stopped by Ctrl-C writes no result. Resume with the code that started the fit (each segment records its
+commit): a checkpoint of a fit whose fingerprint the code computes differently is refused.
 
-    .venv/bin/python -m benchmarks.davis_fit --checkpoint-dir ~/davis-fit \\
+    .venv/bin/python -m benchmarks.full_fit --task ba-davis --checkpoint-dir ~/davis-fit \\
         --out benchmarks/results/ba-davis-full-fit.json
 
 Writes JSON: the command, machine, settings, every epoch's losses and seconds, the segments, and the
-test metrics (MSE, concordance index, Pearson, Spearman) of chemtag, of the mean predictor and of the
-``--baselines`` (benchmark methods such as ``gbm``, fitted after chemtag on the same rows, in the same run).
+test metrics of chemtag (the task's: MSE, concordance index, Pearson, Spearman on Davis), of the mean
+predictor and of the ``--baselines`` (benchmark methods such as ``gbm``, fitted after chemtag on the same
+rows, in the same run).
 """
 
 from __future__ import annotations
@@ -34,10 +36,8 @@ import numpy as np
 import torch
 
 from benchmarks.methods import METHODS, Context
-from benchmarks.runner import evaluate, machine
-from benchmarks.splits import subsample
-from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS
-from chemtag import BindingAffinityRegressor
+from benchmarks.runner import evaluate, load_data, machine
+from benchmarks.tasks import BUDGETS, DATA_DIR, TASKS, Rows
 from chemtag.backbones import DEFAULT_BACKBONE
 from chemtag.checkpoint import latest_checkpoint, saved_progress
 from chemtag.kernel_head import DEFAULT_LANDMARKS
@@ -88,13 +88,15 @@ def commit() -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--fold", type=int, default=0, help="test fold of tasks with folds (dc-oneil: 0-4)")
     parser.add_argument("--checkpoint-dir", type=Path, required=True,
                         help="where the fit checkpoints each epoch; the same folder resumes it")
     parser.add_argument("--out", type=Path, help="JSON results, written when the fit has finished")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--n-train", type=int, help="seeded subset of the training pairs (default: all)")
-    parser.add_argument("--n-test", type=int, help="seeded subset of the test pairs (default: all)")
+    parser.add_argument("--n-train", type=int, help="seeded subset of the training rows (default: all)")
+    parser.add_argument("--n-test", type=int, help="seeded subset of the test rows (default: all)")
     parser.add_argument("--head", choices=("linear", "kernel"), default="linear", help="the estimator's head")
     parser.add_argument("--kernel-landmarks", type=int, default=DEFAULT_LANDMARKS,
                         help="with --head kernel: the landmark rows of its Nystrom fit")
@@ -114,19 +116,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    task = TASKS["ba-davis"]
-    frame = task.read(args.data_dir)
-    split = subsample(task.split(frame, 0, args.seed), args.n_train, args.n_test, args.seed)
-    train, test = frame.iloc[split.train].reset_index(drop=True), frame.iloc[split.test].reset_index(drop=True)
-    y_train, y_test = task.label(train), task.label(test)
+    task = TASKS[args.task]
+    try:
+        data = load_data(task, Rows(args.n_train, args.n_test), args.fold, args.seed, args.data_dir)
+    except ValueError as error:
+        parser.error(str(error))
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     segments = read_segments(args.checkpoint_dir)
-    estimator = BindingAffinityRegressor(
+    estimator = task.estimator(
         backbone=args.backbone, head=args.head, kernel_landmarks=args.kernel_landmarks, max_epochs=args.max_epochs,
         patience=args.patience, batch_size=args.batch_size, bf16=not args.fp32, protein_alphabet="extended",
         cache_memory_bytes=int(args.memory_gib * 2**30), checkpoint_dir=args.checkpoint_dir, random_state=args.seed,
         verbose=1)
-    print(f"{len(train):,} training pairs, {len(test):,} test pairs; segment {len(segments) + 1}", flush=True)
+    print(f"{task.name}: {len(data.y_train):,} training rows, {len(data.y_test):,} test rows; "
+          f"segment {len(segments) + 1}", flush=True)
 
     started = time.perf_counter()
     latest = last_saved(args.checkpoint_dir)
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"warning: this fit started at commit {segments[0].get('commit')}, this code is {segment['commit']}; "
               "a checkpoint whose fingerprint this code computes differently is refused", flush=True)
     write_segments(args.checkpoint_dir, segments + [segment])
-    estimator.fit(train[["Target", "Drug"]], y_train)
+    estimator.fit(data.X_train, data.y_train)
     fitted_at = time.perf_counter()
     resumed_after = -1 if segment["resumed_after"] is None else segment["resumed_after"]
     this_segment = [record for record in estimator.history_ if record["epoch"] > resumed_after]
@@ -151,33 +154,34 @@ def main(argv: list[str] | None = None) -> dict:
         print("The fit was interrupted before it finished; run the same command again to resume it.", flush=True)
         return {"segments": segments, "history": estimator.history_}
 
-    predictions = estimator.predict(test[["Target", "Drug"]])
+    predictions = estimator.predict(data.X_test)
     predict_seconds = time.perf_counter() - fitted_at
     scoring = task.scoring()
     baselines, baseline_seconds = {}, {}
     context = Context(task, BUDGETS["full"], task.rows("full"), args.seed, args.backbone, args.data_dir)
     for name in args.baselines:
         baseline_started = time.perf_counter()
-        model = METHODS[name].build(context).fit(train[list(task.inputs)], y_train)
-        baselines[name] = evaluate(task, scoring, y_test, model.predict(test[list(task.inputs)]))
+        model = METHODS[name].build(context).fit(data.X_train, data.y_train)
+        baselines[name] = evaluate(task, scoring, data.y_test, model.predict(data.X_test))
         baseline_seconds[name] = time.perf_counter() - baseline_started
         print(f"{name}: {baselines[name]} in {baseline_seconds[name]:.0f}s", flush=True)
     epochs = [record for record in estimator.history_ if record["epoch"] > 0]  # epoch 0: the head's probe
     results = {
-        "command": "python -m benchmarks.davis_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.full_fit " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": date.today().isoformat(), "machine": machine(), "backbone": args.backbone,
         "settings": {"head": args.head, "kernel_landmarks": args.kernel_landmarks, "bf16": not args.fp32,
                      "batch_size": args.batch_size, "max_epochs": args.max_epochs, "patience": args.patience,
                      "memory_gib": args.memory_gib, "seed": args.seed},
-        "n_train": len(train), "n_test": len(test),
+        "task": task.name, "fold": args.fold, "n_train": len(data.y_train), "n_test": len(data.y_test),
         "history": estimator.history_,
         "segments": segments,
         "fit_seconds": sum(s["seconds"] for s in segments),
         "mean_epoch_seconds": float(np.mean([record["seconds"] for record in epochs])) if epochs else None,
         "epoch_0_seconds": estimator.history_[0]["seconds"],
         "predict_seconds": predict_seconds,
-        "test": {"chemtag": evaluate(task, scoring, y_test, predictions),
-                 "mean": evaluate(task, scoring, y_test, np.full(len(y_test), y_train.mean())), **baselines},
+        "test": {"chemtag": evaluate(task, scoring, data.y_test, predictions),
+                 "mean": evaluate(task, scoring, data.y_test, np.full(len(data.y_test), data.y_train.mean())),
+                 **baselines},
         "baseline_seconds": baseline_seconds,
     }
     print(json.dumps(results["test"], indent=1))

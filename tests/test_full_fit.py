@@ -1,4 +1,5 @@
-"""The resumable full Davis fit (``python -m benchmarks.davis_fit``) on the tiny backbone and a Davis slice."""
+"""The resumable full-budget fit (``python -m benchmarks.full_fit``) on the tiny backbone and slices of Davis
+and O'Neil."""
 
 import json
 
@@ -6,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import davis_fit
+from benchmarks import full_fit
 from chemtag import training
 
 
@@ -23,9 +24,24 @@ def davis_slice(shared_data, tmp_path):
     return folder
 
 
+@pytest.fixture
+def oneil_slice(shared_data, tmp_path):
+    """A data folder with the triples of 10 O'Neil drug pairs on 3 cell lines, and the cell lines' expression."""
+    oneil = pd.read_csv(shared_data / "oneil.csv.gz")
+    pairs = oneil[["Drug1_ID", "Drug2_ID"]].drop_duplicates().head(10)
+    oneil = oneil.merge(pairs)
+    oneil = oneil[oneil["Cell_Line_ID"].isin(oneil["Cell_Line_ID"].unique()[:3])]
+    folder = tmp_path / "oneil-data"
+    folder.mkdir()
+    oneil.to_csv(folder / "oneil.csv.gz", index=False)
+    expression = pd.read_csv(shared_data / "oneil_cell_expression.csv.gz", index_col="SAMPLE_NAME")
+    expression.loc[oneil["Cell_Line_ID"].unique()].to_csv(folder / "oneil_cell_expression.csv.gz")
+    return folder
+
+
 def run(davis_slice, checkpoint_dir, *extra):
-    return davis_fit.main(["--data-dir", str(davis_slice), "--backbone", "tiny-llama", "--checkpoint-dir",
-                           str(checkpoint_dir), "--max-epochs", "2", "--batch-size", "8", "--fp32", *extra])
+    return full_fit.main(["--task", "ba-davis", "--data-dir", str(davis_slice), "--backbone", "tiny-llama",
+                          "--checkpoint-dir", str(checkpoint_dir), "--max-epochs", "2", "--batch-size", "8", "--fp32", *extra])
 
 
 def test_fit_trains_on_folds_0_to_4_and_reports_the_test_fold_against_the_mean(davis_slice, tmp_path):
@@ -54,7 +70,7 @@ def test_a_killed_segment_counts_until_its_last_checkpoint(davis_slice, tmp_path
     killed = {"started": "then", "start_time": segments[0]["start_time"] - 100.0, "threads": 1, "seconds": None}
     (checkpoint_dir / "segments.json").write_text(json.dumps([killed]))
     last_checkpoint = max(path.stat().st_mtime for path in checkpoint_dir.glob("epoch-*"))
-    closed = davis_fit.read_segments(checkpoint_dir)[0]
+    closed = full_fit.read_segments(checkpoint_dir)[0]
     assert closed["killed"] and closed["last_epoch"] == 2
     assert closed["seconds"] == pytest.approx(last_checkpoint - killed["start_time"])
 
@@ -92,4 +108,22 @@ def test_the_kernel_head_on_untrained_tags_is_scored_beside_the_baselines_of_the
 def test_an_unknown_baseline_is_refused_before_fitting(davis_slice, tmp_path):
     with pytest.raises(SystemExit):
         run(davis_slice, tmp_path / "fit", "--baselines", "gbm,xgboost")
+    assert not (tmp_path / "fit").exists()
+
+
+def test_oneil_trains_outside_the_test_fold_and_reports_its_metrics_beside_the_baselines(oneil_slice, tmp_path):
+    results = full_fit.main(["--task", "dc-oneil", "--fold", "2", "--data-dir", str(oneil_slice), "--backbone",
+                             "tiny-llama", "--checkpoint-dir", str(tmp_path / "fit"), "--max-epochs", "1",
+                             "--batch-size", "8", "--fp32", "--baselines", "gbm"])
+    oneil = pd.read_csv(oneil_slice / "oneil.csv.gz")
+    assert (results["task"], results["fold"]) == ("dc-oneil", 2)
+    assert results["n_train"] + results["n_test"] == len(oneil) and 0 < results["n_test"] < len(oneil)
+    assert set(results["test"]) == {"chemtag", "mean", "gbm"}
+    assert set(results["test"]["chemtag"]) == {"mae", "rmse", "pearson"}
+    assert np.isfinite(results["test"]["chemtag"]["mae"])
+
+
+def test_a_fold_the_task_does_not_have_is_refused_before_fitting(davis_slice, tmp_path):
+    with pytest.raises(SystemExit):
+        run(davis_slice, tmp_path / "fit", "--fold", "1")
     assert not (tmp_path / "fit").exists()
