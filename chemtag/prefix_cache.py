@@ -50,6 +50,15 @@ from chemtag.templates import EncodedPrompts
 
 DEFAULT_MEMORY_BYTES = 2 * 2**30
 _DISK_MARGIN_BYTES = 2 * 2**30
+_PAGE_CACHE_SHARE = 0.75  # a spilled store up to this share of the physical memory is read from the page cache
+
+
+def _physical_memory_bytes() -> int | None:
+    """The machine's physical memory, where the system tells it (not on Windows)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class PrefixCacheTooLarge(MemoryError):
@@ -83,14 +92,24 @@ class _Piece:
 class _KVStore:
     """Keys/values of ``n_tokens`` tokens, ``(n_layers, 2, kv_heads, n_tokens, head_dim)``: a tensor on
     ``device`` up to ``memory_bytes`` (if the device has the memory), else a memory-mapped anonymous
-    temporary file in ``directory``."""
+    temporary file in ``directory``.
+
+    A file larger than three quarters of the physical memory cannot stay in the page cache, so a step
+    reads its batch from disk. Such a file is laid out token-major, ``(n_tokens, n_layers, 2, kv_heads,
+    head_dim)``: each cached piece is then one block of the file, read in one run, rather than
+    ``n_layers * 2 * kv_heads`` scattered slices. In memory the layer-major layout gathers faster, since
+    it needs no transpose (docs/prefix_cache.md, "A cache larger than the memory"). ``token_major``
+    True / False sets the layout of a spilled store instead.
+    """
 
     def __init__(self, n_tokens: int, layout: tuple[int, int, int], dtype: torch.dtype, memory_bytes: int,
-                 directory: str | None = None, device: torch.device | str = "cpu"):
+                 directory: str | None = None, device: torch.device | str = "cpu",
+                 token_major: bool | None = None):
         n_layers, kv_heads, head_dim = layout
         shape = (n_layers, 2, kv_heads, n_tokens, head_dim)
         self.nbytes = math.prod(shape) * dtype.itemsize
         self.on_disk = self.nbytes > memory_bytes
+        self.token_major = False
         if not self.on_disk:
             try:
                 self.data = torch.empty(shape, dtype=dtype, device=device)
@@ -104,6 +123,12 @@ class _KVStore:
                 f"The prefix cache needs {self.nbytes / 2**30:.1f} GiB, over the memory budget of "
                 f"{memory_bytes / 2**30:.1f} GiB and the {free / 2**30:.1f} GiB free in {directory}."
             )
+        if token_major is None:
+            physical = _physical_memory_bytes()
+            token_major = physical is not None and self.nbytes > _PAGE_CACHE_SHARE * physical
+        self.token_major = token_major
+        if self.token_major:
+            shape = (n_tokens, n_layers, 2, kv_heads, head_dim)
         storage = np.uint16 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
         self._file = tempfile.TemporaryFile(prefix="chemtag-kv-", dir=directory)  # deleted when closed
         self._reserve(directory)
@@ -134,16 +159,24 @@ class _KVStore:
 
     def write(self, offset: int, values: torch.Tensor) -> None:
         """Store ``values`` ``(n_layers, 2, kv_heads, n, head_dim)`` as tokens ``offset`` to ``offset + n``."""
-        self.data[:, :, :, offset:offset + values.shape[3]] = values.to(self.data.device, self.data.dtype)
+        values = values.to(self.data.device, self.data.dtype)
+        if self.token_major:
+            self.data[offset:offset + values.shape[3]] = values.permute(3, 0, 1, 2, 4)
+        else:
+            self.data[:, :, :, offset:offset + values.shape[3]] = values
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         """Tokens ``index`` ``(B, L)``: ``(n_layers, 2, kv_heads, B, L, head_dim)``, where the store is."""
-        return self.data.index_select(3, index.to(self.data.device).flatten()).unflatten(3, index.shape)
+        flat = index.to(self.data.device).flatten()
+        if self.token_major:
+            tokens = self.data.index_select(0, flat)  # (B * L, n_layers, 2, kv_heads, head_dim)
+            return tokens.permute(1, 2, 3, 0, 4).unflatten(3, index.shape).contiguous()
+        return self.data.index_select(3, flat).unflatten(3, index.shape)
 
     def describe(self) -> str:
         """Size and place, e.g. ``'4,853 MB on disk'``, ``'706 MB in memory'``, ``'706 MB in cuda:0 memory'``."""
-        place = "on disk" if self.on_disk else "in memory" if self.data.device.type == "cpu" else \
-            f"in {self.data.device} memory"
+        place = ("on disk, token-major" if self.token_major else "on disk") if self.on_disk else \
+            "in memory" if self.data.device.type == "cpu" else f"in {self.data.device} memory"
         return f"{self.nbytes / 2**20:,.0f} MB {place}"
 
 
@@ -354,4 +387,3 @@ def _chunks(items: list[int], size: int, key) -> list[list[int]]:
     """``items`` sorted by ``key`` and cut into chunks of ``size`` (little padding within a chunk)."""
     ordered = sorted(items, key=key)
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
-

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the checkout, not installed
 
 from benchmarks import __main__ as cli
-from benchmarks import chemprop_baseline, prefix_pieces
+from benchmarks import chemprop_baseline, kv_store_speed, prefix_pieces
 from benchmarks.chemprop_baseline import ChempropError, ChempropRegressor, ensure_environment, train_command
 from benchmarks.features import ExpertFeatures, protein_composition
 from benchmarks.methods import METHODS, Context, Method
@@ -454,6 +454,13 @@ def test_prefix_pieces_builds_both_cache_plans_with_equal_readouts(shared_data, 
     output = capsys.readouterr().out
     assert "one piece per prompt: 12 prompts, 12 pieces" in output
     assert float(re.search(r"max \|readout difference\| (\S+);", output).group(1)) < 1e-5
+
+
+def test_kv_store_speed_times_both_layouts_of_equal_stores(capsys):
+    medians = kv_store_speed.main(["--gib", "0.001", "--piece-tokens", "4", "--layout", "2,1,4", "--batch-size", "3",
+                                   "--batches", "2", "--threads", "1"])
+    assert set(medians) == {"layer-major", "token-major"} and all(seconds > 0 for seconds in medians.values())
+    assert "the gathered tensors are equal" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------- CLI

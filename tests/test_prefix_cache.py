@@ -152,12 +152,15 @@ def test_isolated_segment_does_not_depend_on_other_segments_length(name):
     torch.testing.assert_close(hidden[0, smiles[0]], hidden[1, smiles[1]], rtol=0, atol=1e-5)
 
 
-def test_spilled_cache_reads_back_the_same(tiny_llama):
+@pytest.mark.parametrize("physical_memory, place", [(2**40, "on disk"), (2**10, "on disk, token-major")])
+def test_spilled_cache_reads_back_the_same(tiny_llama, monkeypatch, physical_memory, place):
+    """A spilled file is layer-major while the page cache can hold it, token-major beyond."""
+    monkeypatch.setattr("chemtag.prefix_cache._physical_memory_bytes", lambda: physical_memory)
     model = make_model(tiny_llama, isolate=True)
     prompts = encode(model)
     in_memory = PrefixCache(model, prompts).compute(batch_size=2)
     on_disk = PrefixCache(model, prompts).compute(batch_size=2, memory_bytes=0)
-    assert "on disk" in on_disk.describe() and "in memory" in in_memory.describe()
+    assert on_disk.describe().endswith(f"MB {place}") and "in memory" in in_memory.describe()
     rows = [0, 3, 1]
     torch.testing.assert_close(model.readout_states(on_disk.batch(rows)), model.readout_states(in_memory.batch(rows)),
                                rtol=0, atol=0)
@@ -174,6 +177,22 @@ def test_train_and_predict_release_a_spilled_cache_s_file_when_they_end(tiny_lla
     train(model, prompts, torch.linspace(-1, 1, len(prompts))[:, None], nn.functional.mse_loss, config)
     predict(model, prompts, batch_size=2, prefix_cache=True, cache_memory_bytes=0)
     assert len(opened) == 2 and all(file.closed for file in opened)
+
+
+@pytest.mark.parametrize("physical_memory", [None, 2**40, 2**10])
+def test_a_spilled_store_gathers_what_was_written_in_either_layout(monkeypatch, physical_memory):
+    monkeypatch.setattr("chemtag.prefix_cache._physical_memory_bytes", lambda: physical_memory)
+    layout, n_tokens = (3, 2, 4), 7
+    values = torch.randn(3, 2, 2, n_tokens, 4)
+    store = _KVStore(n_tokens, layout, torch.float32, memory_bytes=0)
+    assert store.on_disk and store.token_major == (physical_memory == 2**10)
+    store.write(0, values[:, :, :, :4])
+    store.write(4, values[:, :, :, 4:])
+    index = torch.tensor([[6, 0, 2], [3, 3, 5]])
+    gathered = store.gather(index)
+    assert gathered.shape == (3, 2, 2, 2, 3, 4) and gathered.is_contiguous()
+    torch.testing.assert_close(gathered, values[:, :, :, index], rtol=0, atol=0)
+    store.close()
 
 
 def test_the_store_holds_keys_and_values_on_the_backbone_s_device():
