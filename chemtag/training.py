@@ -294,7 +294,8 @@ def _refit_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, va
     """Fit the head, as the probe is, to the readouts of the current tags: the refitted head's training
     (and validation) loss. All ``processes`` fit to the same readouts, so they hold the same head."""
     readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
-                        config.bf16, readouts_only=True, processes=processes)
+                        config.bf16, config.verbose, readouts_only=True, processes=processes,
+                        desc="readouts for the head")
     return fit_head(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn, groups)
 
 
@@ -393,9 +394,9 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
 @torch.no_grad()
 def _outputs(model: TaggedModel, batcher: Batcher, rows: np.ndarray, lengths: np.ndarray, batch_size: int,
              bf16: bool, verbose: int = 0, readouts_only: bool = False,
-             processes: Processes = ONE_PROCESS) -> torch.Tensor:
+             processes: Processes = ONE_PROCESS, desc: str = "predict") -> torch.Tensor:
     """Head outputs ``(len(rows), k)`` (or the head's inputs ``(len(rows), d)`` with ``readouts_only``)
-    float32 on the CPU for prompts ``rows``, in that order.
+    float32 on the CPU for prompts ``rows``, in that order; ``verbose`` shows a progress bar named ``desc``.
 
     Rows run in batches of similar length. With several ``processes`` and at least one batch for each,
     each process computes every N-th batch and the results are summed over the processes (the others'
@@ -407,7 +408,7 @@ def _outputs(model: TaggedModel, batcher: Batcher, rows: np.ndarray, lengths: np
     sharded = len(batches) >= processes.num_processes > 1
     mine = batches[processes.process_index::processes.num_processes] if sharded else batches
     outputs = []
-    for positions in tqdm(mine, desc="predict", disable=verbose <= 0, leave=False):
+    for positions in tqdm(mine, desc=desc, unit="batch", disable=verbose <= 0, leave=False):
         with autocast(model.backbone.device, bf16):
             outputs.append(compute(batcher(rows[positions])).float().cpu())
     result = torch.cat(outputs)
