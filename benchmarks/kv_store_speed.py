@@ -29,11 +29,14 @@ from chemtag.prefix_cache import _KVStore
 
 
 def memory_limit() -> str:
-    """This process's cgroup (v1 or v2) memory limit, e.g. ``'4.0 GiB'``, or ``'none'``."""
-    for path in ("/sys/fs/cgroup/memory.max", *(f"/sys/fs/cgroup/memory{line.split(':')[2]}/memory.limit_in_bytes"
-                                                   for line in Path("/proc/self/cgroup").read_text().splitlines()
-                                                   if ":memory:" in line)):
-        if Path(path).is_file() and (value := Path(path).read_text().strip()).isdigit() and int(value) < 2**60:
+    """This process's cgroup (v1 or v2) memory limit, e.g. ``'4.0 GiB'``, or ``'none'`` (also off Linux)."""
+    own_cgroups = Path("/proc/self/cgroup")
+    v1_limits = [f"/sys/fs/cgroup/memory{line.split(':')[2]}/memory.limit_in_bytes"
+                 for line in (own_cgroups.read_text().splitlines() if own_cgroups.is_file() else [])
+                 if ":memory:" in line]
+    for path in map(Path, ["/sys/fs/cgroup/memory.max", *v1_limits]):
+        value = path.read_text().strip() if path.is_file() else ""
+        if value.isdigit() and int(value) < 2**60:  # no limit: v2 writes "max", v1 a number near 2**63
             return f"{int(value) / 2**30:.1f} GiB"
     return "none"
 
