@@ -94,7 +94,8 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: LossFunction,
           config: TrainingConfig, history: list[dict] | None = None,
           processes: Processes = ONE_PROCESS, groups: np.ndarray | None = None) -> list[dict]:
-    """Train the model's trainable tags and head in place; return the history (one dict per epoch).
+    """Train the model's trainable tags and head in place; return the history (one dict per epoch; its
+    ``"prefix_cache"`` says whether the epoch ran through the prefix cache, see :func:`trained_through_cache`).
 
     ``targets`` ``(n, ...)`` are aligned with ``prompts``. ``groups`` ``(n,)``, where given, marks prompts
     that are copies of one input (e.g. both orders of a drug pair): a group's prompts stay together, all
@@ -158,6 +159,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         if (config.initialise_head or refit_head) and not history and hasattr(model.head, "initialise"):
             record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
                                       processes, groups)
+            record["prefix_cache"] = cache is not None
             history.append(record)
             if record["best"]:
                 best_loss, best_state = _monitored(record), copy.deepcopy(model.state_dict())
@@ -173,8 +175,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                         record.update(_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn,
                                                   config, processes, groups))
                     monitored = _monitored(record)
-                    record["best"] = monitored < best_loss
-                    record["seconds"] = time.perf_counter() - started
+                    record.update(best=monitored < best_loss, prefix_cache=cache is not None,
+                                  seconds=time.perf_counter() - started)
                     history.append(record)
                     if config.verbose > 0:
                         tqdm.write(_describe(record))
@@ -195,6 +197,14 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         if cache is not None:
             cache.close()  # frees a spilled cache's disk now, not when a kept traceback lets it go
     return history
+
+
+def trained_through_cache(history: Sequence[dict]) -> bool | None:
+    """Whether the weights a fit with ``history`` kept (its last best epoch's, else its last epoch's) were
+    trained through the prefix cache; None where the history does not record it (an empty one, or one
+    saved before fits recorded it)."""
+    kept = [record for record in history if record.get("best")] or list(history[-1:])
+    return kept[-1].get("prefix_cache") if kept else None
 
 
 def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batcher, targets: torch.Tensor,
@@ -372,9 +382,10 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
     ``prefix_cache`` runs the function tags against a :class:`~chemtag.prefix_cache.PrefixCache`
     (same outputs in float32); ``None`` uses one when prompts share enough of their prefixes that the
     distinct pieces hold at most three quarters of all prefix tokens (isolated segments that repeat),
-    and always under ``bf16`` for a model whose prefix is frozen: such a model was trained through the
+    and always under ``bf16`` for a model whose prefix is frozen: such a model is trained through the
     cache, and bfloat16 rounds the two paths differently by more than the readouts' input-dependent
-    part can bear (see docs/training.md).
+    part can bear (see docs/training.md). Pass ``False`` for a bf16 model whose fit ran without the
+    cache (one too large for memory and disk): see :func:`trained_through_cache`.
     """
     cache = PrefixCache(model, prompts) if prefix_cache is not False else None
     trained_through_cache = bf16 and model.prefix_is_frozen

@@ -336,6 +336,28 @@ def test_bf16_fits_through_the_prefix_cache_with_pooled_fields():
     assert model.predict(SMILES).dtype == np.float64 and np.isfinite(model.predict(SMILES)).all()
 
 
+@pytest.mark.parametrize("disk_free, cached", [(None, True), (0, False)])
+def test_bf16_predictions_take_the_path_the_fit_took(monkeypatch, disk_free, cached):
+    """bfloat16 rounds the cached and full passes differently: a fit whose cache fitted neither memory nor
+    disk predicts without the cache too, for the linear head's readouts and for the kernel head's."""
+    from types import SimpleNamespace
+
+    from chemtag.prefix_cache import PrefixCache
+
+    params = FAST | dict(bf16=True, cache_memory_bytes=0)
+    if disk_free is not None:
+        monkeypatch.setattr("chemtag.prefix_cache.shutil.disk_usage", lambda path: SimpleNamespace(free=disk_free))
+    computed = []
+    compute = PrefixCache.compute
+    monkeypatch.setattr(PrefixCache, "compute", lambda self, *a, **k: computed.append(self) or compute(self, *a, **k))
+    for head in ("linear", "kernel"):
+        model = QEDRegressor(head=head, **params).fit(SMILES, TARGETS)
+        assert {record["prefix_cache"] for record in model.history_} == {cached}
+        computed.clear()
+        model.predict(SMILES)
+        assert bool(computed) == cached
+
+
 @pytest.mark.parametrize("pool_fields, pool_layers, blocks", [
     (True, (0.125, 0.5, 1.0), 5),  # on two layers: the first (0.125 and 0.5 round to it) and the final
     (True, (-1,), 3), (True, (1, 2, -1), 5), (False, (1, 2), 1),

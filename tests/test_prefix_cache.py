@@ -342,6 +342,7 @@ def test_a_cache_that_fits_nowhere_falls_back_to_the_full_pass(tiny_llama, monke
     config = TrainingConfig(max_epochs=1, batch_size=2, validation_fraction=0, verbose=0, cache_memory_bytes=0)
     history = train(model, prompts, targets, nn.functional.mse_loss, config)
     assert "without the prefix cache" in caplog.text
+    assert {record["prefix_cache"] for record in history} == {False}
     expected = train(reference, prompts, targets, nn.functional.mse_loss,
                      dataclasses.replace(config, prefix_cache=False))
     assert history[0]["train_loss"] == expected[0]["train_loss"]

@@ -13,7 +13,8 @@ from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import Tag
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder
-from chemtag.training import TrainingConfig, length_bucketed_batches, predict, train, validation_split, warm_up
+from chemtag.training import (TrainingConfig, length_bucketed_batches, predict, train, trained_through_cache,
+                              validation_split, warm_up)
 
 P = 4
 TEMPLATE = "Input: The text is <Text> {text}. Output: The count is <Count>"
@@ -285,3 +286,14 @@ def test_the_learning_rate_rises_linearly_over_the_warmup_steps():
         parameter.grad = torch.ones(2)
         optimizer.step()
     assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("history, expected", [
+    ([], None),
+    ([{"epoch": 0, "best": True}], None),  # saved before fits recorded the path
+    ([{"epoch": 0, "best": True, "prefix_cache": False}, {"epoch": 1, "best": False, "prefix_cache": True}], False),
+    ([{"epoch": 0, "best": False, "prefix_cache": True}, {"epoch": 1, "best": False, "prefix_cache": False}], False),
+    ([{"epoch": 1, "best": True, "prefix_cache": False}, {"epoch": 2, "best": True, "prefix_cache": True}], True),
+])
+def test_the_kept_epoch_says_whether_the_weights_were_trained_through_the_prefix_cache(history, expected):
+    assert trained_through_cache(history) is expected

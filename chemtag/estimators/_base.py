@@ -29,7 +29,7 @@ from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
 from chemtag.templates import EncodedPrompts, Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
-from chemtag.training import TrainingConfig, check_head_training, predict, train
+from chemtag.training import TrainingConfig, check_head_training, predict, train, trained_through_cache
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
 
 DEFAULT_FUNCTION_TAG = "Output"  # the default template's, where function_tag is None
@@ -288,9 +288,14 @@ class TagLLMEstimator(BaseEstimator):
             )
             self._check_lengths(prompts.lengths.reshape(len(readings), -1).max(axis=0), backbone, keep)
             joined = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1,
-                             cache_memory_bytes=self.cache_memory_bytes).numpy()
+                             self._prefix_cache_at_predict(), self.cache_memory_bytes).numpy()
             outputs[keep] = joined.reshape(len(readings), len(keep), -1).mean(axis=0)
         return outputs
+
+    def _prefix_cache_at_predict(self) -> bool | None:
+        """:func:`~chemtag.training.predict`'s ``prefix_cache``: ``False`` for a bf16 model whose fit ran without
+        the cache (bfloat16 rounds the two paths differently), else ``None`` (predict's own choice)."""
+        return False if self.bf16 and trained_through_cache(self.history_) is False else None
 
     # ----------------------------------------------------------------- pieces
     def _check_params(self) -> None:

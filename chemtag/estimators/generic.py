@@ -179,7 +179,7 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
             return
         started = time.perf_counter()
         readouts = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1,
-                           cache_memory_bytes=self.cache_memory_bytes, readouts_only=True)
+                           self._prefix_cache_at_predict(), self.cache_memory_bytes, readouts_only=True)
         device = model.backbone.device
         model.head, error = KernelHead.fit(model.head, readouts.to(device), torch.as_tensor(targets, device=device),
                                            groups, landmarks=self.kernel_landmarks, seed=self.random_state)
