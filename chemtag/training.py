@@ -93,7 +93,8 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, loss_fn: LossFunction,
           config: TrainingConfig, history: list[dict] | None = None,
-          processes: Processes = ONE_PROCESS, groups: np.ndarray | None = None) -> list[dict]:
+          processes: Processes = ONE_PROCESS, groups: np.ndarray | None = None,
+          kept_readouts: Callable[[torch.Tensor], None] | None = None) -> list[dict]:
     """Train the model's trainable tags and head in place; return the history (one dict per epoch; its
     ``"prefix_cache"`` says whether the epoch ran through the prefix cache, see :func:`trained_through_cache`).
 
@@ -109,6 +110,11 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     of every epoch's batches, gradients are averaged before each step, and the probe's readouts, the
     losses and so the history are combined over the processes, so that all of them hold the same
     weights and stop at the same epoch. Only the main process reports progress; checkpoints are refused.
+
+    ``kept_readouts``, where given, is called once at the end with the head's inputs ``(n, d)`` for every
+    prompt, in the prompts' order, under the weights the fit keeps (to fit another head to them, as the
+    kernel head is): the last pass over all rows where it read those weights (the probe's, when no epoch
+    improved on it), else one more pass through the fit's prefix cache.
     """
     if processes.num_processes > 1 and config.checkpoint_dir is not None:
         raise ValueError("checkpoint_dir is not supported in a fit over several processes; "
@@ -126,7 +132,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     parameters = [p for p in model.parameters() if p.requires_grad and p not in head_parameters]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     best_loss, best_state, stale = math.inf, None, 0
-    checkpoint = None
+    checkpoint, complete = None, False
+    last_pass: tuple[int, torch.Tensor] | None = None  # (epoch, readouts in prompt order) of the latest pass
     if config.checkpoint_dir is not None:
         fingerprint = fit_fingerprint(model, prompts, targets, loss_fn, config, first_epoch, groups)
         checkpoint = Checkpoint(config.checkpoint_dir, fingerprint)
@@ -136,7 +143,8 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
             history, best_state, best_loss, stale = (restored.history, restored.best_model, restored.best_loss,
                                                       restored.stale_epochs)
             train_rows, valid_rows, torch_rng = restored.train_rows, restored.valid_rows, restored.torch_rng
-            if restored.complete:
+            complete = restored.complete
+            if complete and kept_readouts is None:
                 _keep_best(model, best_state)
                 return history
 
@@ -156,24 +164,32 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         targets = targets.to(model.backbone.device)
         lengths = prompts.lengths
 
+        all_rows = np.concatenate([train_rows, valid_rows])
         if (config.initialise_head or refit_head) and not history and hasattr(model.head, "initialise"):
-            record = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
-                                      processes, groups)
+            record, readouts = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn,
+                                                config, processes, groups)
+            if kept_readouts is not None:
+                last_pass = 0, _in_prompt_order(readouts, all_rows)
             record["prefix_cache"] = cache is not None
             history.append(record)
             if record["best"]:
                 best_loss, best_state = _monitored(record), copy.deepcopy(model.state_dict())
             save_checkpoint(torch_rng, complete=config.max_epochs == 0)
+        epochs = [] if complete else range(history[-1]["epoch"] + 1 if history else first_epoch, last_epoch + 1)
+        interrupted = False
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(torch_rng)
-                for epoch in range(history[-1]["epoch"] + 1 if history else first_epoch, last_epoch + 1):
+                for epoch in epochs:
                     started = time.perf_counter()
                     record = {"epoch": epoch, **_epoch(model, optimizer, batcher, targets, lengths, train_rows,
                                                        valid_rows, loss_fn, config, processes, rng, epoch)}
                     if refit_head:
-                        record.update(_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn,
-                                                  config, processes, groups))
+                        losses, readouts = _refit_head(model, batcher, train_rows, valid_rows, lengths, targets,
+                                                       loss_fn, config, processes, groups)
+                        record.update(losses)
+                        if kept_readouts is not None:
+                            last_pass = epoch, _in_prompt_order(readouts, all_rows)
                     monitored = _monitored(record)
                     record.update(best=monitored < best_loss, prefix_cache=cache is not None,
                                   seconds=time.perf_counter() - started)
@@ -190,9 +206,18 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                         logger.info("Early stopping after epoch %d: no improvement in %d epochs.", epoch, stale)
                         break
         except KeyboardInterrupt:
+            interrupted = True
             logger.warning("Training interrupted; keeping the best weights so far.")
         finally:
             _keep_best(model, best_state)
+        if kept_readouts is not None:
+            kept = None if interrupted and best_state is None else _kept_record(history)  # None: mid-epoch weights
+            if last_pass is not None and kept is not None and last_pass[0] == kept["epoch"]:
+                kept_readouts(last_pass[1])
+            else:
+                kept_readouts(_outputs(model, batcher, np.arange(len(prompts)), lengths, config.batch_size,
+                                       config.bf16, config.verbose, readouts_only=True, processes=processes,
+                                       desc="readouts for the head"))
     finally:
         if cache is not None:
             cache.close()  # frees a spilled cache's disk now, not when a kept traceback lets it go
@@ -203,8 +228,21 @@ def trained_through_cache(history: Sequence[dict]) -> bool | None:
     """Whether the weights a fit with ``history`` kept (its last best epoch's, else its last epoch's) were
     trained through the prefix cache; None where the history does not record it (an empty one, or one
     saved before fits recorded it)."""
+    kept = _kept_record(history)
+    return None if kept is None else kept.get("prefix_cache")
+
+
+def _kept_record(history: Sequence[dict]) -> dict | None:
+    """The record of the epoch whose weights a completed fit keeps: its last best epoch's, else its last one's."""
     kept = [record for record in history if record.get("best")] or list(history[-1:])
-    return kept[-1].get("prefix_cache") if kept else None
+    return kept[-1] if kept else None
+
+
+def _in_prompt_order(readouts: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``readouts`` of prompts ``rows`` (a permutation of all prompts) put in the prompts' order."""
+    ordered = torch.empty_like(readouts)
+    ordered[torch.as_tensor(rows)] = readouts
+    return ordered
 
 
 def _epoch(model: TaggedModel, optimizer: torch.optim.Optimizer, batcher: Batcher, targets: torch.Tensor,
@@ -300,30 +338,35 @@ def _refits_head(model: TaggedModel, config: TrainingConfig) -> bool:
 
 def _refit_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                 lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction, config: TrainingConfig,
-                processes: Processes, groups: np.ndarray | None) -> dict:
+                processes: Processes, groups: np.ndarray | None) -> tuple[dict, torch.Tensor]:
     """Fit the head, as the probe is, to the readouts of the current tags: the refitted head's training
-    (and validation) loss. All ``processes`` fit to the same readouts, so they hold the same head."""
+    (and validation) loss, and the readouts (of ``train_rows`` then ``valid_rows``). All ``processes`` fit
+    to the same readouts, so they hold the same head."""
     readouts = _outputs(model, batcher, np.concatenate([train_rows, valid_rows]), lengths, config.batch_size,
                         config.bf16, config.verbose, readouts_only=True, processes=processes,
                         desc="readouts for the head")
-    return fit_head(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn, groups)
+    losses = fit_head(model.head, readouts.to(targets.device), targets, train_rows, valid_rows, loss_fn, groups)
+    return losses, readouts
 
 
 def _initialise_head(model: TaggedModel, batcher: Batcher, train_rows: np.ndarray, valid_rows: np.ndarray,
                      lengths: np.ndarray, targets: torch.Tensor, loss_fn: LossFunction,
-                     config: TrainingConfig, processes: Processes, groups: np.ndarray | None) -> dict:
+                     config: TrainingConfig, processes: Processes,
+                     groups: np.ndarray | None) -> tuple[dict, torch.Tensor]:
     """Fit the head to the readouts of the current tags (see ``TrainingConfig.initialise_head``); epoch 0's
-    record, the best so far where validation rows score it or every epoch's head is refitted."""
+    record, the best so far where validation rows score it or every epoch's head is refitted, and the
+    readouts (as :func:`_refit_head` returns them)."""
     started = time.perf_counter()
-    record = {"epoch": 0, **_refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
-                                        processes, groups)}
+    losses, readouts = _refit_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn, config,
+                                   processes, groups)
+    record = {"epoch": 0, **losses}
     # Only held-out rows can rank the probe against jointly trained epochs: its own training loss is a fit's
     # optimum, as every epoch's is when the head is refitted.
     comparable = bool(len(valid_rows)) or config.head_training == "refit"
     record.update(best=comparable, seconds=time.perf_counter() - started)
     if config.verbose > 0:
         tqdm.write(_describe(record) + "  (head fitted to the initial readouts)")
-    return record
+    return record, readouts
 
 
 def _computed(cache: PrefixCache, batch_size: int, bf16: bool, memory_bytes: int, verbose: int) -> PrefixCache | None:

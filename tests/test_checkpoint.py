@@ -216,6 +216,15 @@ def test_an_estimator_refit_after_an_interruption_predicts_as_an_uninterrupted_o
     assert _without_timings(model.history_) == _without_timings(reference.history_)
 
 
+def test_a_completed_kernel_head_fit_run_again_fits_its_kernel_head_to_the_same_readouts(tmp_path):
+    params = dict(backbone="tiny-llama", head="kernel", max_epochs=1, verbose=0, checkpoint_dir=tmp_path)
+    targets = np.linspace(0, 1, len(SMILES))
+    first = QEDRegressor(**params).fit(SMILES, targets)
+    again = QEDRegressor(**params).fit(SMILES, targets)
+    assert again.history_ == first.history_, "returned from the checkpoint, not trained again"
+    np.testing.assert_allclose(again.predict(SMILES), first.predict(SMILES), rtol=1e-6)
+
+
 def test_an_estimator_with_a_checkpoint_folder_clones_and_saves_like_any_other(tmp_path):
     model = QEDRegressor(backbone="tiny-llama", max_epochs=1, verbose=0, checkpoint_dir=tmp_path / "checkpoint")
     assert clone(model).get_params() == model.get_params()

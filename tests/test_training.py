@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from chemtag import training
 from chemtag.heads import LinearHead
 from chemtag.model import TaggedModel
 from chemtag.tags import Tag
@@ -297,3 +298,35 @@ def test_the_learning_rate_rises_linearly_over_the_warmup_steps():
 ])
 def test_the_kept_epoch_says_whether_the_weights_were_trained_through_the_prefix_cache(history, expected):
     assert trained_through_cache(history) is expected
+
+
+@pytest.mark.parametrize("settings, kept_epoch, extra_passes", [
+    (dict(max_epochs=0), 0, 0),  # the probe's weights are kept: its pass is reused
+    (dict(max_epochs=1, lr=1.0, warmup_steps=1), 0, 0),  # so large a step that the probe stays best
+    (dict(max_epochs=2, validation_fraction=0), 1, 1),  # epoch 1's weights: one more pass through the cache
+    # The refit read epoch 2's weights last, but no refitted epoch beat the probe: one more pass.
+    (dict(max_epochs=2, validation_fraction=0, head_training="refit"), 0, 1),
+])
+def test_kept_readouts_are_those_of_the_kept_weights_reusing_a_pass_that_read_them(
+        tiny_llama, monkeypatch, settings, kept_epoch, extra_passes):
+    texts = _strings(40, seed=10)
+    targets = torch.tensor([[text.count("C") - 4.0] for text in texts])
+    passes = []
+    outputs = training._outputs
+    monkeypatch.setattr(training, "_outputs", lambda *a, **k: passes.append(a[2]) or outputs(*a, **k))
+    fits = {}
+    for name, kept_readouts in (("without", None), ("with", [])):
+        passes.clear()
+        model = _model(tiny_llama, head=LinearHead(tiny_llama.hidden_size, 1))
+        prompts = _prompts(model, texts)
+        history = train(model, prompts, targets, mse, _config(**settings),
+                        kept_readouts=None if kept_readouts is None else kept_readouts.append)
+        fits[name] = model, history, len(passes), kept_readouts
+    (_, history, passes_without, _), (model, _, passes_with, received) = fits["without"], fits["with"]
+    assert [record for record in history if record["best"]][-1]["epoch"] == kept_epoch
+    assert passes_with - passes_without == extra_passes
+    assert len(received) == 1
+    head, model.head = model.head, nn.Identity()
+    expected = predict(model, prompts, batch_size=8, prefix_cache=True)
+    model.head = head
+    torch.testing.assert_close(received[0], expected, rtol=0, atol=1e-5)

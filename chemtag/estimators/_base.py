@@ -8,7 +8,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from chemtag.kernel_head import KERNEL_STATE_PREFIX, KernelHead
 from chemtag.model import DEFAULT_POOL_LAYERS, EARLY_LAYERS, TaggedModel, pooled_layer_numbers
 from chemtag.parallel import ONE_PROCESS, Processes
 from chemtag.tags import DEFAULT_TAG_LENGTH, Tag, initial_tag_vectors
-from chemtag.templates import EncodedPrompts, Template, TemplateEncoder, with_domain_tag, with_feature_slot
+from chemtag.templates import Template, TemplateEncoder, with_domain_tag, with_feature_slot
 from chemtag.prefix_cache import DEFAULT_MEMORY_BYTES
 from chemtag.training import TrainingConfig, check_head_training, predict, train, trained_through_cache
 from chemtag.validation import ON_INVALID, PROTEIN_ALPHABETS
@@ -262,8 +262,8 @@ class TagLLMEstimator(BaseEstimator):
             config = self._training_config(len(targets), groups)
             self._check_head_fits(len(targets), backbone)
             self.history_ = train(model, prompts, torch.as_tensor(targets), self._loss, config,
-                                  history=self.history_ if warm else None, processes=processes, groups=groups)
-            self._fit_head_on_trained_tags(model, prompts, targets, groups)
+                                  history=self.history_ if warm else None, processes=processes, groups=groups,
+                                  kept_readouts=self._head_fitter(model, targets, groups))
             self._store_fitted(model, backbone)
             return self
 
@@ -368,12 +368,14 @@ class TagLLMEstimator(BaseEstimator):
 
     def _check_head_fits(self, n_rows: int, backbone: Backbone) -> None:
         """Refuse, before training, a head that cannot be fitted to ``n_rows`` training rows on ``backbone``'s
-        device (see :meth:`_fit_head_on_trained_tags`)."""
+        device (see :meth:`_head_fitter`)."""
 
-    def _fit_head_on_trained_tags(self, model: TaggedModel, prompts: EncodedPrompts, targets: np.ndarray,
-                                  groups: np.ndarray | None) -> None:
-        """Replace the trained model's head by one fitted to the trained tags' readouts of the training
-        ``prompts`` (``targets`` and ``groups`` as given to ``train``), where the estimator asks for one."""
+    def _head_fitter(self, model: TaggedModel, targets: np.ndarray,
+                     groups: np.ndarray | None) -> Callable[[torch.Tensor], None] | None:
+        """Where the estimator replaces the trained model's head by one fitted to the kept tags' readouts of
+        the training prompts (``targets`` and ``groups`` as given to ``train``), the function that fits it
+        to those readouts ``(n, d)`` (``train``'s ``kept_readouts``); None where it keeps the trained head."""
+        return None
 
     def _declared_fields(self) -> list[str] | None:
         """Field names in order when the user declared them (used to name array columns): the template's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,8 +16,6 @@ from chemtag.estimators._signatures import derived_init
 from chemtag.kernel_head import DEFAULT_LANDMARKS, KernelHead, check_kernel_memory
 from chemtag.losses import REGRESSION_LOSSES, cross_entropy
 from chemtag.model import TaggedModel
-from chemtag.templates import EncodedPrompts
-from chemtag.training import predict
 from chemtag.validation import validated_targets
 
 
@@ -173,24 +172,27 @@ class TagLLMRegressor(RegressorMixin, TagLLMEstimator):
         if self.head == "kernel":
             check_kernel_memory(n_rows, self.kernel_landmarks, backbone.device)
 
-    def _fit_head_on_trained_tags(self, model: TaggedModel, prompts: EncodedPrompts, targets: np.ndarray,
-                                  groups: np.ndarray | None) -> None:
+    def _head_fitter(self, model: TaggedModel, targets: np.ndarray,
+                     groups: np.ndarray | None) -> Callable[[torch.Tensor], None] | None:
         if self.head != "kernel":
-            return
-        started = time.perf_counter()
-        readouts = predict(model, prompts, self.batch_size, self.bf16, self.verbose - 1,
-                           self._prefix_cache_at_predict(), self.cache_memory_bytes, readouts_only=True)
-        device = model.backbone.device
-        model.head, error = KernelHead.fit(model.head, readouts.to(device), torch.as_tensor(targets, device=device),
-                                           groups, landmarks=self.kernel_landmarks, seed=self.random_state)
-        if self.verbose > 0:
-            chosen = ("too few rows to cross-validate" if np.isnan(error)
-                      else f"cross-validated MSE {error:.4f} of the standardised targets")
-            expansion = ("" if len(model.head.train_features) == len(readouts)
-                         else f" over {len(model.head.train_features)} landmark rows")
-            tqdm.write(f"kernel head on {len(readouts)} rows{expansion}: {model.head.kernel} kernel, width "
-                       f"{model.head.width.item():g}, penalty {model.head.penalty.item():g} ({chosen}) in "
-                       f"{time.perf_counter() - started:.1f}s")
+            return None
+
+        def fit_kernel_head(readouts: torch.Tensor) -> None:
+            started = time.perf_counter()
+            device = model.backbone.device
+            model.head, error = KernelHead.fit(model.head, readouts.to(device),
+                                               torch.as_tensor(targets, device=device), groups,
+                                               landmarks=self.kernel_landmarks, seed=self.random_state)
+            if self.verbose > 0:
+                chosen = ("too few rows to cross-validate" if np.isnan(error)
+                          else f"cross-validated MSE {error:.4f} of the standardised targets")
+                expansion = ("" if len(model.head.train_features) == len(readouts)
+                             else f" over {len(model.head.train_features)} landmark rows")
+                tqdm.write(f"kernel head on {len(readouts)} rows{expansion}: {model.head.kernel} kernel, width "
+                           f"{model.head.width.item():g}, penalty {model.head.penalty.item():g} ({chosen}) in "
+                           f"{time.perf_counter() - started:.1f}s")
+
+        return fit_kernel_head
 
     @property
     def _loss(self):
