@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = TASKS[args.task]
     try:
         data = load_data(task, Rows(args.n_train, args.n_test), args.fold, args.seed, args.data_dir)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     segments = read_segments(args.checkpoint_dir)

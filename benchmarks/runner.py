@@ -43,7 +43,13 @@ def load_data(task: Task, rows: Rows, fold: int = 0, seed: int = 0, data_dir: Pa
     """Read, split, subsample and label ``task``'s data; inputs keep only the task's input columns."""
     if not 0 <= fold < task.n_folds:
         raise ValueError(f"Task {task.name} has {task.n_folds} fold(s); got fold {fold}.")
-    frame = task.read(data_dir)
+    try:
+        frame = task.read(data_dir)
+    except FileNotFoundError as error:
+        if error.filename is None:  # a reader's own message: the TDC tasks say how to get their files
+            raise
+        raise FileNotFoundError(f"Task {task.name} reads {error.filename}, which does not exist; pass the folder "
+                                f"that holds its data as data_dir (--data-dir).") from error
     split = subsample(task.split(frame, fold, seed), rows.n_train, rows.n_test, seed)
     parts = []
     for positions in (split.train, split.test):

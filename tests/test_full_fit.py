@@ -127,3 +127,10 @@ def test_a_fold_the_task_does_not_have_is_refused_before_fitting(davis_slice, tm
     with pytest.raises(SystemExit):
         run(davis_slice, tmp_path / "fit", "--fold", "1")
     assert not (tmp_path / "fit").exists()
+
+
+def test_a_data_folder_without_the_tasks_file_is_refused_with_its_path(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        full_fit.main(["--task", "qed", "--data-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "fit")])
+    assert f"{tmp_path / 'smiles_moses_100k.txt.gz'}, which does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "fit").exists()
