@@ -133,7 +133,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     best_loss, best_state, stale = math.inf, None, 0
     checkpoint, complete = None, False
-    last_pass: tuple[int, torch.Tensor] | None = None  # (epoch, readouts in prompt order) of the latest pass
+    last_pass: tuple[int, torch.Tensor] | None = None  # the latest pass over all rows: (epoch, its readouts)
     if config.checkpoint_dir is not None:
         fingerprint = fit_fingerprint(model, prompts, targets, loss_fn, config, first_epoch, groups)
         checkpoint = Checkpoint(config.checkpoint_dir, fingerprint)
@@ -164,12 +164,11 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         targets = targets.to(model.backbone.device)
         lengths = prompts.lengths
 
-        all_rows = np.concatenate([train_rows, valid_rows])
         if (config.initialise_head or refit_head) and not history and hasattr(model.head, "initialise"):
             record, readouts = _initialise_head(model, batcher, train_rows, valid_rows, lengths, targets, loss_fn,
                                                 config, processes, groups)
             if kept_readouts is not None:
-                last_pass = 0, _in_prompt_order(readouts, all_rows)
+                last_pass = 0, readouts
             record["prefix_cache"] = cache is not None
             history.append(record)
             if record["best"]:
@@ -189,7 +188,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
                                                        loss_fn, config, processes, groups)
                         record.update(losses)
                         if kept_readouts is not None:
-                            last_pass = epoch, _in_prompt_order(readouts, all_rows)
+                            last_pass = epoch, readouts
                     monitored = _monitored(record)
                     record.update(best=monitored < best_loss, prefix_cache=cache is not None,
                                   seconds=time.perf_counter() - started)
@@ -213,7 +212,7 @@ def train(model: TaggedModel, prompts: EncodedPrompts, targets: torch.Tensor, lo
         if kept_readouts is not None:
             kept = None if interrupted and best_state is None else _kept_record(history)  # None: mid-epoch weights
             if last_pass is not None and kept is not None and last_pass[0] == kept["epoch"]:
-                kept_readouts(last_pass[1])
+                kept_readouts(_in_prompt_order(last_pass[1], np.concatenate([train_rows, valid_rows])))
             else:
                 kept_readouts(_outputs(model, batcher, np.arange(len(prompts)), lengths, config.batch_size,
                                        config.bf16, config.verbose, readouts_only=True, processes=processes,
@@ -431,8 +430,8 @@ def predict(model: TaggedModel, prompts: EncodedPrompts, batch_size: int, bf16: 
     cache (one too large for memory and disk): see :func:`trained_through_cache`.
     """
     cache = PrefixCache(model, prompts) if prefix_cache is not False else None
-    trained_through_cache = bf16 and model.prefix_is_frozen
-    if prefix_cache is None and not trained_through_cache and cache.cached_tokens > 0.75 * cache.prefix_tokens:
+    frozen_prefix_under_bf16 = bf16 and model.prefix_is_frozen
+    if prefix_cache is None and not frozen_prefix_under_bf16 and cache.cached_tokens > 0.75 * cache.prefix_tokens:
         cache = None
     if cache is not None:
         cache = _computed(cache, batch_size, bf16, cache_memory_bytes, verbose)
